@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything kbitd needs to build and test on a fresh Debian 12 (run as root, or with sudo
+# available). Idempotent. The CUDA toolkit is optional: with nvcc on PATH the CUDA backend is built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config git
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libabsl-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libgmock-dev googletest
+  clang libclang-rt-14-dev
+  prometheus
+  python3 python3-pip python3-venv
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python packages used by the tests (peers we check against: tokenizers, grpcio, safetensors).
+python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12, builds everything and runs all tests: ctest (unit, integration, GPU
+# tests that skip without a GPU) and the Python end-to-end tests. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ ${KBITD_SKIP_SETUP:-0} == 1 ]] || bash scripts/setup.sh
+
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-$(nproc)}
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-}
+cmake --build "$BUILD_DIR" -j "$JOBS"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 600
+
+if compgen -G "tests/e2e/test_*.py" >/dev/null; then
+  KBITD_BUILD_DIR="$PWD/$BUILD_DIR" python3 -m pytest -q tests/e2e
+fi
