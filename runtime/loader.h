@@ -1,0 +1,52 @@
+// Loads a Hugging Face checkpoint folder (config.json, tokenizer.json, model.safetensors or a
+// sharded model.safetensors.index.json) into a resident Model:
+//  - a plain checkpoint is used as is, or quantized on load with bitsandbytes' formats when
+//    LoadOptions.quantization asks for it (streamed layer by layer: host peak ~ one layer's
+//    float weights + the resident model);
+//  - a checkpoint saved by transformers + bitsandbytes (or kbitq) is loaded pre-quantized, its
+//    config.json quantization_config taking precedence.
+// Modules are skipped from quantization as transformers does (lm_head by default).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "runtime/memory_pool.h"
+#include "runtime/model.h"
+#include "runtime/placement.h"
+#include "runtime/quantization_config.h"
+
+namespace kbitd::runtime {
+
+struct LoadProgress {
+  int64_t tensors_done = 0;
+  int64_t tensors_total = 0;
+  int64_t bytes_done = 0;  // checkpoint bytes read so far
+  int64_t bytes_total = 0;
+};
+
+struct LoadOptions {
+  std::string name = "model";  // owner name in memory pools and metrics
+  std::string path;            // checkpoint folder
+  // Quantize-on-load request; ignored (with a warning) for checkpoints that are already
+  // quantized. nullopt = use the checkpoint as is.
+  std::optional<QuantizationConfig> quantization;
+  PlacementOptions placement;
+  // Host pool to allocate from (shared by models); null = a private unlimited pool.
+  std::shared_ptr<MemoryPool> host_pool;
+  MemoryObserver* observer = nullptr;  // used only for a private pool
+  std::function<void(const LoadProgress&)> progress;  // called after each tensor; may be null
+  bool require_tokenizer = true;  // FAILED_PRECONDITION if tokenizer.json is missing
+};
+
+// Errors name the file or tensor at fault: NOT_FOUND for missing files/tensors,
+// INVALID_ARGUMENT for wrong shapes/dtypes or a tokenizer whose vocabulary exceeds the
+// embedding, UNIMPLEMENTED for unsupported architectures/rope scaling/quant types,
+// RESOURCE_EXHAUSTED past max_memory. A failed load frees everything it allocated.
+absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options);
+
+}  // namespace kbitd::runtime

@@ -1,0 +1,73 @@
+// A loaded model: config, tokenizer, resident weights and their accounting. Immutable after
+// loading, so engines on several threads may share one Model through shared_ptr. Created by
+// runtime/loader.h.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+#include "runtime/device.h"
+#include "runtime/memory_pool.h"
+#include "runtime/model_config.h"
+#include "runtime/model_weights.h"
+
+namespace kbitd::runtime {
+
+class Tokenizer;  // runtime/tokenizer.h
+
+struct DeviceMemoryUsage {
+  Device device;
+  int64_t bytes[kNumMemoryCategories] = {0, 0, 0};
+};
+
+class Model {
+ public:
+  struct Parts {
+    std::string name;  // owner name in the memory pools
+    ModelConfig config;
+    std::shared_ptr<const Tokenizer> tokenizer;  // null when the folder has no tokenizer.json
+    ModelWeights weights;
+    std::shared_ptr<MemoryPool> host_pool;
+    // Compute dtype of activations (bnb_4bit_compute_dtype / torch_dtype); the CPU backend
+    // computes in float32 and rounds activations to this dtype at linear-layer inputs.
+    ScalarType compute_dtype = ScalarType::kFloat32;
+    int64_t parameter_count = 0;
+  };
+  explicit Model(Parts parts);
+  ~Model();
+
+  const std::string& name() const { return parts_.name; }
+  const ModelConfig& config() const { return parts_.config; }
+  const Tokenizer* tokenizer() const { return parts_.tokenizer.get(); }
+  const ModelWeights& weights() const { return parts_.weights; }
+  ScalarType compute_dtype() const { return parts_.compute_dtype; }
+  const std::shared_ptr<MemoryPool>& host_pool() const { return parts_.host_pool; }
+
+  int64_t parameter_count() const { return parts_.parameter_count; }
+  // Bytes of resident weights (quantized where quantized) and what they would take in fp16.
+  int64_t weight_bytes() const;
+  int64_t fp16_equivalent_bytes() const { return 2 * parameter_count(); }
+  // This model's bytes per device and category (weights; KV cache and workspace of its engines).
+  std::vector<DeviceMemoryUsage> memory_usage() const;
+
+  // Linear layers by module name ("model.layers.0.mlp.down_proj", "lm_head").
+  std::vector<std::string> LinearNames() const;
+  const LinearWeight* FindLinear(std::string_view name) const;
+  // Dequantized (or copied, if dense) weight of a linear as [out, in] in `dtype` (F32/F16/BF16),
+  // the result bitsandbytes' dequantize_4bit / int8_vectorwise_dequant gives. NOT_FOUND naming
+  // the module for unknown names.
+  absl::Status DequantizeLinear(std::string_view name, ScalarType dtype,
+                                std::vector<uint8_t>* out, std::vector<int64_t>* shape) const;
+
+ private:
+  Parts parts_;
+  std::map<std::string, const LinearWeight*, std::less<>> linears_;
+};
+
+}  // namespace kbitd::runtime
