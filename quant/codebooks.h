@@ -29,7 +29,7 @@ inline constexpr std::array<uint32_t, 16> kFp4CodeBits = {
 inline constexpr std::array<uint32_t, 7> kFp4ThresholdBits = {
     0x3B2AAAB9, 0x3DB00000, 0x3E555555, 0x3E955555, 0x3ED55556, 0x3F155550, 0x3F555555};
 inline constexpr std::array<uint8_t, 8> kFp4PatternByRank = {0b000, 0b001, 0b110, 0b111,
-                                                            0b100, 0b101, 0b010, 0b011};
+                                                             0b100, 0b101, 0b010, 0b011};
 
 // create_dynamic_map(signed=True) as measured by bitsandbytes on torch 2.11/x86 (bnb-spec §3.1).
 // Used when quantizing; when loading, the map stored in the checkpoint is used instead.

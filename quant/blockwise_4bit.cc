@@ -1,0 +1,127 @@
+#include "quant/blockwise_4bit.h"
+
+#include <algorithm>
+#include <array>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "quant/blockwise_internal.h"
+#include "quant/codebooks.h"
+#include "quant/encode.h"
+
+namespace kbitd::quant {
+namespace {
+
+using internal::FloatElem;
+
+template <FourBitType kType>
+uint8_t Encode(float x) {
+  if constexpr (kType == FourBitType::kNf4) {
+    return EncodeNf4(x);
+  } else {
+    return EncodeFp4(x);
+  }
+}
+
+template <FourBitType kType, ScalarType kIn>
+void QuantizeImpl(const void* input, int64_t n, int64_t blocksize, uint8_t* packed, float* absmax) {
+  using In = FloatElem<kIn>;
+  const int64_t nblocks = NumBlocks(n, blocksize);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t begin = b * blocksize;
+    const int64_t end = std::min(begin + blocksize, n);
+    const float amax = internal::BlockAbsmax<kIn>(input, begin, end, blocksize);
+    absmax[b] = amax;
+    const float inv = ReciprocalAbsmax(amax);
+    // blocksize is even, so a pair never straddles two blocks; only an odd n leaves a lone element
+    // whose partner is the kernel's zero padding.
+    int64_t k = begin;
+    for (; k + 1 < end; k += 2) {
+      const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
+      const uint8_t lo = Encode<kType>(In::Load(input, k + 1) * inv);
+      packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
+    }
+    if (k < end) {
+      const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
+      const uint8_t lo = Encode<kType>(0.0f * inv);
+      packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
+    }
+  }
+}
+
+template <ScalarType kOut>
+void DequantizeImpl(const std::array<float, 16>& lut, const uint8_t* packed, const float* absmax,
+                    int64_t n, int64_t blocksize, void* output) {
+  using Out = FloatElem<kOut>;
+  const int64_t nblocks = NumBlocks(n, blocksize);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t begin = b * blocksize;
+    const int64_t end = std::min(begin + blocksize, n);
+    const float scale = absmax[b];
+    int64_t k = begin;
+    for (; k + 1 < end; k += 2) {
+      const uint8_t byte = packed[k / 2];
+      Out::Store(output, k, lut[byte >> 4] * scale);
+      Out::Store(output, k + 1, lut[byte & 0xF] * scale);
+    }
+    if (k < end) Out::Store(output, k, lut[packed[k / 2] >> 4] * scale);
+  }
+}
+
+absl::Status CheckArgs(int64_t n, int64_t blocksize, ScalarType type, const char* what) {
+  KBITD_RETURN_IF_ERROR(internal::CheckCount(n, "4-bit element count n"));
+  KBITD_RETURN_IF_ERROR(Validate4bitBlocksize(blocksize));
+  return internal::CheckFloatType(type, what);
+}
+
+}  // namespace
+
+absl::StatusOr<FourBitType> FourBitTypeFromName(std::string_view name) {
+  if (name == "nf4") return FourBitType::kNf4;
+  if (name == "fp4") return FourBitType::kFp4;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown 4-bit quant_type \"", std::string(name), "\" (expected nf4 or fp4)"));
+}
+
+std::string_view FourBitTypeName(FourBitType type) {
+  return type == FourBitType::kNf4 ? "nf4" : "fp4";
+}
+
+absl::Status Validate4bitBlocksize(int64_t blocksize) {
+  if (blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("4-bit blocksize must be a power of two in [32, 4096], got ", blocksize));
+}
+
+absl::Status Quantize4bit(FourBitType type, const void* input, ScalarType input_type, int64_t n,
+                          int64_t blocksize, uint8_t* packed, float* absmax) {
+  KBITD_RETURN_IF_ERROR(CheckArgs(n, blocksize, input_type, "4-bit quantization input"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(input, n, "4-bit quantization input"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(packed, n, "4-bit packed output"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(absmax, n, "4-bit absmax output"));
+  internal::DispatchFloat(input_type, [&](auto in) {
+    if (type == FourBitType::kNf4) {
+      QuantizeImpl<FourBitType::kNf4, decltype(in)::value>(input, n, blocksize, packed, absmax);
+    } else {
+      QuantizeImpl<FourBitType::kFp4, decltype(in)::value>(input, n, blocksize, packed, absmax);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status Dequantize4bit(FourBitType type, const uint8_t* packed, const float* absmax, int64_t n,
+                            int64_t blocksize, ScalarType output_type, void* output) {
+  KBITD_RETURN_IF_ERROR(CheckArgs(n, blocksize, output_type, "4-bit dequantization output"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(packed, n, "4-bit packed input"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(absmax, n, "4-bit absmax input"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(output, n, "4-bit dequantization output"));
+  const std::array<float, 16>& lut = type == FourBitType::kNf4 ? Nf4Code() : Fp4Code();
+  internal::DispatchFloat(output_type, [&](auto out) {
+    DequantizeImpl<decltype(out)::value>(lut, packed, absmax, n, blocksize, output);
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace kbitd::quant
