@@ -14,3 +14,12 @@ ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 600
 if compgen -G "tests/e2e/test_*.py" >/dev/null; then
   KBITD_BUILD_DIR="$PWD/$BUILD_DIR" python3 -m pytest -q tests/e2e
 fi
+
+# Bounded libFuzzer run of the safetensors header parser (clang + libclang-rt-14-dev from
+# setup.sh), in its own clang build tree. KBITD_FUZZ_SECONDS sets the length (default 60).
+if command -v clang++ >/dev/null && [[ ${KBITD_SKIP_FUZZ:-0} != 1 ]]; then
+  CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR-fuzz" -DKBITD_FUZZ=ON -DKBITD_CUDA=OFF \
+    -DKBITD_FUZZ_SECONDS="${KBITD_FUZZ_SECONDS:-60}" >/dev/null
+  cmake --build "$BUILD_DIR-fuzz" -j "$JOBS" --target safetensors_fuzz
+  ctest --test-dir "$BUILD_DIR-fuzz" -L fuzz --output-on-failure
+fi
