@@ -26,27 +26,22 @@ uint8_t Encode(float x) {
 template <FourBitType kType, ScalarType kIn>
 void QuantizeImpl(const void* input, int64_t n, int64_t blocksize, uint8_t* packed, float* absmax) {
   using In = FloatElem<kIn>;
-  const int64_t nblocks = NumBlocks(n, blocksize);
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const int64_t begin = b * blocksize;
-    const int64_t end = std::min(begin + blocksize, n);
-    const float amax = internal::BlockAbsmax<kIn>(input, begin, end, blocksize);
-    absmax[b] = amax;
-    const float inv = ReciprocalAbsmax(amax);
-    // blocksize is even, so a pair never straddles two blocks; only an odd n leaves a lone element
-    // whose partner is the kernel's zero padding.
-    int64_t k = begin;
-    for (; k + 1 < end; k += 2) {
-      const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
-      const uint8_t lo = Encode<kType>(In::Load(input, k + 1) * inv);
-      packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
-    }
-    if (k < end) {
-      const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
-      const uint8_t lo = Encode<kType>(0.0f * inv);
-      packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
-    }
-  }
+  internal::ForEachQuantBlock<kIn>(
+      input, n, blocksize, absmax, [&](int64_t begin, int64_t end, float inv) {
+        // blocksize is even, so a pair never straddles two blocks; only an odd n leaves a lone
+        // element whose partner is the kernel's zero padding.
+        int64_t k = begin;
+        for (; k + 1 < end; k += 2) {
+          const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
+          const uint8_t lo = Encode<kType>(In::Load(input, k + 1) * inv);
+          packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
+        }
+        if (k < end) {
+          const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
+          const uint8_t lo = Encode<kType>(0.0f * inv);
+          packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
+        }
+      });
 }
 
 template <ScalarType kOut>

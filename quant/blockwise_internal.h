@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
+#include "quant/encode.h"
 
 namespace kbitd::quant::internal {
 
@@ -81,6 +82,19 @@ float BlockAbsmax(const void* input, int64_t begin, int64_t end, int64_t blocksi
   float amax = (end - begin < blocksize) ? 0.0f : -FLT_MAX;
   for (int64_t k = begin; k < end; ++k) amax = fmaxf(amax, fabsf(FloatElem<kType>::Load(input, k)));
   return amax;
+}
+
+// The quantize loop shared by the 4-bit and 8-bit kernels: per block, stores absmax and calls
+// fn(begin, end, inv) with inv = ReciprocalAbsmax(absmax) (included by callers via encode.h).
+template <ScalarType kIn, typename Fn>
+void ForEachQuantBlock(const void* input, int64_t n, int64_t blocksize, float* absmax, Fn&& fn) {
+  const int64_t nblocks = (n + blocksize - 1) / blocksize;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t begin = b * blocksize;
+    const int64_t end = begin + blocksize < n ? begin + blocksize : n;
+    absmax[b] = BlockAbsmax<kIn>(input, begin, end, blocksize);
+    fn(begin, end, ReciprocalAbsmax(absmax[b]));
+  }
 }
 
 }  // namespace kbitd::quant::internal

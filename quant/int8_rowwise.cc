@@ -1,0 +1,166 @@
+#include "quant/int8_rowwise.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "quant/blockwise_internal.h"
+#include "quant/encode.h"
+
+namespace kbitd::quant {
+namespace {
+
+absl::Status CheckMatrix(int64_t rows, int64_t cols, ScalarType type, const char* what) {
+  if (rows < 0 || cols < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": shape [", rows, ", ", cols, "] must not be negative"));
+  }
+  return internal::CheckFloatType(type, what);
+}
+
+// bnb converts every LLM.int8() operand to fp16 first (A.to(torch.float16)).
+float LoadAsHalf(const void* data, ScalarType type, int64_t i) {
+  const float v = LoadAsFloat(data, type, i);
+  return type == ScalarType::kFloat16 ? v : HalfToFloat(FloatToHalf(v));
+}
+
+}  // namespace
+
+absl::Status QuantizeRowwiseInt8(const void* weight, ScalarType type, int64_t rows, int64_t cols,
+                                 int8_t* cb, float* scb) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix(rows, cols, type, "int8 weight"));
+  const int64_t n = rows * cols;
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(weight, n, "int8 weight input"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n, "int8 weight output"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, rows, "int8 SCB output"));
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c)
+      amax = fmaxf(amax, fabsf(LoadAsHalf(weight, type, r * cols + c)));
+    scb[r] = amax;
+    const float scale = Int8Scale(amax);
+    for (int64_t c = 0; c < cols; ++c) {
+      cb[r * cols + c] = RoundToInt8(LoadAsHalf(weight, type, r * cols + c) * scale);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DequantizeRowwiseInt8(const int8_t* cb, const float* scb, int64_t rows, int64_t cols,
+                                   ScalarType output_type, void* output) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix(rows, cols, output_type, "int8 dequantization output"));
+  const int64_t n = rows * cols;
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n, "int8 weight"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, rows, "int8 SCB"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(output, n, "int8 dequantization output"));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float scaled = static_cast<float>(cb[r * cols + c]) * scb[r];
+      StoreFromFloat(output, output_type, r * cols + c, scaled * kInt8DequantScale);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Int8Activations> QuantizeActivationsInt8(const void* x, ScalarType type, int64_t m,
+                                                        int64_t k, float threshold) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix(m, k, type, "int8 activations"));
+  if (!(threshold >= 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("int8 outlier threshold must be >= 0, got ", threshold));
+  }
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(x, m * k, "int8 activations input"));
+  Int8Activations out;
+  out.ca.assign(m * k, 0);
+  out.sca.assign(m, 0.0f);
+  const bool decompose = threshold > 0.0f;
+  std::vector<bool> outlier_col(k, false);
+  // kInt8VectorQuant: row absmax over |x| < threshold; outlier elements are written as 0.
+  for (int64_t r = 0; r < m; ++r) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < k; ++c) {
+      const float a = fabsf(LoadAsHalf(x, type, r * k + c));
+      if (decompose && a >= threshold) {
+        outlier_col[c] = true;
+        continue;
+      }
+      amax = fmaxf(amax, a);
+    }
+    out.sca[r] = amax;
+    const float scale = Int8Scale(amax);
+    for (int64_t c = 0; c < k; ++c) {
+      const float v = LoadAsHalf(x, type, r * k + c);
+      if (decompose && fabsf(v) >= threshold) continue;
+      out.ca[r * k + c] = RoundToInt8(v * scale);
+    }
+  }
+  for (int64_t c = 0; c < k; ++c) {
+    if (!outlier_col[c]) continue;
+    out.outlier_cols.push_back(c);
+    // bnb zeroes whole outlier columns only when there is more than one row.
+    if (m > 1) {
+      for (int64_t r = 0; r < m; ++r) out.ca[r * k + c] = 0;
+    }
+  }
+  return out;
+}
+
+absl::Status Int8Linear(const void* x, ScalarType x_type, int64_t m, int64_t k, const int8_t* cb,
+                        const float* scb, int64_t n, const void* bias, float threshold, void* y) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("int8 linear: n = ", n, " < 0"));
+  KBITD_ASSIGN_OR_RETURN(Int8Activations act, QuantizeActivationsInt8(x, x_type, m, k, threshold));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n * k, "int8 linear weight"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, n, "int8 linear SCB"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(y, m * n, "int8 linear output"));
+  const bool fp16_bias = bias != nullptr && x_type == ScalarType::kFloat16;
+  // Outlier columns of the weight, dequantized and rounded to x's dtype (bnb int8_mixed_scaled_mm:
+  // int8_vectorwise_dequant(CB[:, cols], SCB).to(A.dtype)).
+  const int64_t ncols = static_cast<int64_t>(act.outlier_cols.size());
+  std::vector<float> sub_b(ncols * n);
+  for (int64_t j = 0; j < ncols; ++j) {
+    for (int64_t o = 0; o < n; ++o) {
+      const float w = static_cast<float>(cb[o * k + act.outlier_cols[j]]) * scb[o];
+      float v = w * kInt8DequantScale;
+      if (x_type != ScalarType::kFloat32) {
+        uint16_t bits[1];
+        StoreFromFloat(bits, x_type, 0, v);
+        v = LoadAsFloat(bits, x_type, 0);
+      }
+      sub_b[j * n + o] = v;
+    }
+  }
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t o = 0; o < n; ++o) {
+      // Exact int32 dot product (cuBLASLt int8 GEMM).
+      int32_t acc = 0;
+      const int8_t* a_row = act.ca.data() + r * k;
+      const int8_t* b_row = cb + o * k;
+      for (int64_t c = 0; c < k; ++c) acc += static_cast<int32_t>(a_row[c]) * b_row[c];
+      // kdequant_mm_int32_fp16: fp16(fmaf((C * SCA) * SCB, 1/127^2, bias)), bias fused only when
+      // it is fp16; other biases are added to the fp16 result afterwards (out.add_(bias)).
+      const float scaled = (static_cast<float>(acc) * act.sca[r]) * scb[o];
+      const float fused_bias = fp16_bias ? LoadAsFloat(bias, x_type, o) : 0.0f;
+      float out = HalfToFloat(FloatToHalf(std::fma(scaled, kInt8MatmulDequantScale, fused_bias)));
+      if (bias != nullptr && !fp16_bias) {
+        out = HalfToFloat(FloatToHalf(out + LoadAsFloat(bias, x_type, o)));
+      }
+      if (ncols > 0) {
+        // output.addmm(subA, subB) in x's dtype: fp32 accumulation, one rounding at the end.
+        if (x_type != ScalarType::kFloat32) {
+          uint16_t bits[1];
+          StoreFromFloat(bits, x_type, 0, out);
+          out = LoadAsFloat(bits, x_type, 0);
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < ncols; ++j) {
+          sum += LoadAsFloat(x, x_type, r * k + act.outlier_cols[j]) * sub_b[j * n + o];
+        }
+        out = out + sum;
+      }
+      StoreFromFloat(y, x_type, r * n + o, out);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kbitd::quant
