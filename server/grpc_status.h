@@ -3,6 +3,7 @@
 #pragma once
 
 #include "absl/status/status.h"
+#include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 
 namespace kbitd::server {
@@ -10,5 +11,9 @@ namespace kbitd::server {
 inline constexpr size_t kMaxStatusMessageBytes = 1024;
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Ends a unary callback call with `status` (the default reactor), for handlers that answer inline.
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const absl::Status& status);
 
 }  // namespace kbitd::server

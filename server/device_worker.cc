@@ -1,0 +1,79 @@
+#include "server/device_worker.h"
+
+#include <algorithm>
+
+namespace kbitd::server {
+
+DeviceWorker::DeviceWorker() : thread_([this] { Loop(); }) {}
+
+DeviceWorker::~DeviceWorker() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void DeviceWorker::Add(std::shared_ptr<Scheduler> scheduler) {
+  scheduler->set_wakeup([this] { Wake(); });
+  absl::MutexLock lock(&mu_);
+  schedulers_.push_back(std::move(scheduler));
+  ++wakeups_;
+}
+
+void DeviceWorker::Remove(const Scheduler* scheduler) {
+  absl::MutexLock lock(&mu_);
+  std::erase_if(schedulers_, [&](const auto& s) { return s.get() == scheduler; });
+  auto not_current = [this, scheduler]()
+                         ABSL_SHARED_LOCKS_REQUIRED(mu_) { return current_ != scheduler; };
+  mu_.Await(absl::Condition(&not_current));
+}
+
+void DeviceWorker::Wake() {
+  absl::MutexLock lock(&mu_);
+  ++wakeups_;
+}
+
+void DeviceWorker::Loop() {
+  uint64_t seen = 0;
+  while (true) {
+    std::vector<std::shared_ptr<Scheduler>> schedulers;
+    {
+      absl::MutexLock lock(&mu_);
+      auto wake = [this, &seen]()
+                      ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || wakeups_ != seen; };
+      mu_.Await(absl::Condition(&wake));
+      if (stop_) return;
+      seen = wakeups_;
+      schedulers = schedulers_;
+    }
+    bool busy = true;
+    while (busy) {
+      busy = false;
+      for (auto& scheduler : schedulers) {
+        {
+          absl::MutexLock lock(&mu_);
+          if (stop_) return;
+          if (std::find(schedulers_.begin(), schedulers_.end(), scheduler) == schedulers_.end()) {
+            continue;  // removed meanwhile
+          }
+          current_ = scheduler.get();
+        }
+        if (scheduler->HasWork()) {
+          (void)scheduler->Step();  // failures are reported to the requests and logged
+          busy = true;
+        }
+        absl::MutexLock lock(&mu_);
+        current_ = nullptr;
+      }
+      absl::MutexLock lock(&mu_);
+      if (schedulers_.size() != schedulers.size() || wakeups_ != seen) {
+        seen = wakeups_;
+        schedulers = schedulers_;
+        busy = true;
+      }
+    }
+  }
+}
+
+}  // namespace kbitd::server

@@ -1,0 +1,98 @@
+// kbitd: serves k-bit quantized LLMs over gRPC. Usage:
+//   kbitd --config kbitd.yaml [--listen_address host:port] [--set limits.max_queue=64 ...]
+// Prints the bound ports ("kbitd: listening on HOST:PORT") and drains on SIGTERM / SIGINT.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_split.h"
+#include "common/logging.h"
+#include "server/config.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, config, "", "kbitd.yaml to read (optional: flags alone may configure)");
+ABSL_FLAG(std::string, listen_address, "", "overrides listen_address");
+ABSL_FLAG(std::string, metrics_address, "", "overrides metrics_address ('off' disables)");
+ABSL_FLAG(std::string, model_root, "", "overrides model_root");
+ABSL_FLAG(std::string, admin_token, "", "overrides admin_token");
+ABSL_FLAG(std::vector<std::string>, set, {},
+          "comma-separated key.path=value overrides of any config field, e.g. "
+          "limits.max_queue=64,unload_grace_seconds=5");
+
+namespace {
+
+int Run(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  kbitd::server::ConfigBuilder builder;
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (!config_path.empty()) {
+    if (absl::Status status = builder.ParseYamlFile(config_path); !status.ok()) {
+      std::fprintf(stderr, "kbitd: %s\n", std::string(status.message()).c_str());
+      return 2;
+    }
+  }
+  std::vector<std::pair<std::string, std::string>> overrides;
+  for (const char* name : {"listen_address", "metrics_address", "model_root", "admin_token"}) {
+    std::string value;
+    if (std::string_view(name) == "listen_address") value = absl::GetFlag(FLAGS_listen_address);
+    if (std::string_view(name) == "metrics_address") value = absl::GetFlag(FLAGS_metrics_address);
+    if (std::string_view(name) == "model_root") value = absl::GetFlag(FLAGS_model_root);
+    if (std::string_view(name) == "admin_token") value = absl::GetFlag(FLAGS_admin_token);
+    if (!value.empty()) overrides.emplace_back(name, "'" + value + "'");
+  }
+  for (const std::string& item : absl::GetFlag(FLAGS_set)) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    overrides.push_back(kv);
+  }
+  for (const auto& [key, value] : overrides) {
+    if (absl::Status status = builder.Override(key, value); !status.ok()) {
+      std::fprintf(stderr, "kbitd: %s\n", std::string(status.message()).c_str());
+      return 2;
+    }
+  }
+  absl::StatusOr<kbitd::v1::Config> config = std::move(builder).Build();
+  if (!config.ok()) {
+    std::fprintf(stderr, "kbitd: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  const std::string& level = config->log_level();
+  kbitd::SetMinLogLevel(level == "debug"     ? kbitd::LogLevel::kDebug
+                        : level == "warning" ? kbitd::LogLevel::kWarning
+                        : level == "error"   ? kbitd::LogLevel::kError
+                                             : kbitd::LogLevel::kInfo);
+
+  // Signals are taken by sigwait below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<kbitd::server::Server>> server =
+      kbitd::server::Server::Create(*config);
+  if (!server.ok()) {
+    std::fprintf(stderr, "kbitd: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  const std::string host = config->listen_address().substr(0, config->listen_address().rfind(':'));
+  std::printf("kbitd: listening on %s:%d\n", host.c_str(), (*server)->port());
+  if ((*server)->metrics_port() > 0) {
+    std::printf("kbitd: metrics on port %d\n", (*server)->metrics_port());
+  }
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  KBITD_LOG(Info) << "received signal " << signal;
+  (*server)->Shutdown(absl::Seconds(config->shutdown_grace_seconds()));
+  server->reset();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }

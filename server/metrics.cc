@@ -1,0 +1,248 @@
+#include "server/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <exception>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace kbitd::server {
+namespace {
+
+constexpr const char* kOutcomeNames[] = {"length",   "stop",    "cancelled", "deadline_exceeded",
+                                         "rejected", "invalid", "error"};
+
+// Exponential buckets from `start`, multiplied by `factor`, `count` of them.
+prometheus::Histogram::BucketBoundaries Exponential(double start, double factor, int count) {
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (int i = 0; i < count; ++i, start *= factor) bounds.push_back(start);
+  return bounds;
+}
+
+}  // namespace
+
+struct Metrics::Families {
+  explicit Families(prometheus::Registry& r)
+      : requests(prometheus::BuildCounter()
+                     .Name("kbitd_requests_total")
+                     .Help("Generate requests by model and outcome")
+                     .Register(r)),
+        prompt_tokens(prometheus::BuildCounter()
+                          .Name("kbitd_prompt_tokens_total")
+                          .Help("Prompt tokens processed")
+                          .Register(r)),
+        generated_tokens(prometheus::BuildCounter()
+                             .Name("kbitd_generated_tokens_total")
+                             .Help("Tokens generated")
+                             .Register(r)),
+        queue_requests(prometheus::BuildGauge()
+                           .Name("kbitd_queue_requests")
+                           .Help("Requests waiting in the model's queue")
+                           .Register(r)),
+        running_requests(prometheus::BuildGauge()
+                             .Name("kbitd_running_requests")
+                             .Help("Sequences in the model's running batch")
+                             .Register(r)),
+        kv_cache_usage(prometheus::BuildGauge()
+                           .Name("kbitd_kv_cache_usage_ratio")
+                           .Help("Fraction of the model's KV cache blocks in use")
+                           .Register(r)),
+        queue_seconds(prometheus::BuildHistogram()
+                          .Name("kbitd_queue_duration_seconds")
+                          .Help("Time from arrival to joining the batch")
+                          .Register(r)),
+        time_to_first_token(prometheus::BuildHistogram()
+                                .Name("kbitd_time_to_first_token_seconds")
+                                .Help("Time from arrival to the first generated token")
+                                .Register(r)),
+        inter_token_latency(prometheus::BuildHistogram()
+                                .Name("kbitd_inter_token_latency_seconds")
+                                .Help("Time between consecutive tokens of a request")
+                                .Register(r)),
+        request_duration(prometheus::BuildHistogram()
+                             .Name("kbitd_request_duration_seconds")
+                             .Help("End-to-end time of a Generate request")
+                             .Register(r)),
+        step_duration(prometheus::BuildHistogram()
+                          .Name("kbitd_engine_step_duration_seconds")
+                          .Help("Time of one engine step (batched forward + sampling)")
+                          .Register(r)),
+        step_tokens(prometheus::BuildHistogram()
+                        .Name("kbitd_engine_step_tokens")
+                        .Help("Tokens (prefill + decode) in one engine step")
+                        .Register(r)),
+        scheduler_overhead(prometheus::BuildHistogram()
+                               .Name("kbitd_scheduler_overhead_seconds")
+                               .Help("Scheduler time per step outside the engine")
+                               .Register(r)),
+        load_seconds(prometheus::BuildGauge()
+                         .Name("kbitd_model_load_duration_seconds")
+                         .Help("Time the model's last load took")
+                         .Register(r)),
+        parameters(prometheus::BuildGauge()
+                       .Name("kbitd_model_parameters")
+                       .Help("Parameters of the model")
+                       .Register(r)),
+        weight_bytes(prometheus::BuildGauge()
+                         .Name("kbitd_model_weight_bytes")
+                         .Help("Bytes of the model's weights as loaded (quantized + statistics)")
+                         .Register(r)),
+        fp16_weight_bytes(prometheus::BuildGauge()
+                              .Name("kbitd_model_fp16_weight_bytes")
+                              .Help("Bytes the model's weights would take in fp16")
+                              .Register(r)),
+        saved_bytes(prometheus::BuildGauge()
+                        .Name("kbitd_quantization_saved_bytes")
+                        .Help("Bytes saved by quantization against fp16")
+                        .Register(r)),
+        bits_per_parameter(prometheus::BuildGauge()
+                               .Name("kbitd_model_bits_per_parameter")
+                               .Help("Weight bits per parameter, statistics included")
+                               .Register(r)),
+        memory(prometheus::BuildGauge()
+                   .Name("kbitd_memory_bytes")
+                   .Help("Bytes held per device, model and category")
+                   .Register(r)),
+        device_memory(prometheus::BuildGauge()
+                          .Name("kbitd_device_memory_bytes")
+                          .Help("Bytes allocated from the device's pool")
+                          .Register(r)),
+        models(prometheus::BuildGauge()
+                   .Name("kbitd_models")
+                   .Help("Models per lifecycle state")
+                   .Register(r)) {}
+
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Counter>& prompt_tokens;
+  prometheus::Family<prometheus::Counter>& generated_tokens;
+  prometheus::Family<prometheus::Gauge>& queue_requests;
+  prometheus::Family<prometheus::Gauge>& running_requests;
+  prometheus::Family<prometheus::Gauge>& kv_cache_usage;
+  prometheus::Family<prometheus::Histogram>& queue_seconds;
+  prometheus::Family<prometheus::Histogram>& time_to_first_token;
+  prometheus::Family<prometheus::Histogram>& inter_token_latency;
+  prometheus::Family<prometheus::Histogram>& request_duration;
+  prometheus::Family<prometheus::Histogram>& step_duration;
+  prometheus::Family<prometheus::Histogram>& step_tokens;
+  prometheus::Family<prometheus::Histogram>& scheduler_overhead;
+  prometheus::Family<prometheus::Gauge>& load_seconds;
+  prometheus::Family<prometheus::Gauge>& parameters;
+  prometheus::Family<prometheus::Gauge>& weight_bytes;
+  prometheus::Family<prometheus::Gauge>& fp16_weight_bytes;
+  prometheus::Family<prometheus::Gauge>& saved_bytes;
+  prometheus::Family<prometheus::Gauge>& bits_per_parameter;
+  prometheus::Family<prometheus::Gauge>& memory;
+  prometheus::Family<prometheus::Gauge>& device_memory;
+  prometheus::Family<prometheus::Gauge>& models;
+
+  absl::Mutex mu;
+  std::map<std::string, std::unique_ptr<ModelMetrics>> by_model ABSL_GUARDED_BY(mu);
+};
+
+void ModelMetrics::CountRequest(RequestOutcome outcome) const {
+  outcomes[static_cast<int>(outcome)]->Increment();
+}
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      families_(std::make_unique<Families>(*registry_)) {}
+
+Metrics::~Metrics() = default;
+
+absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const Options& options) {
+  std::unique_ptr<Metrics> metrics(new Metrics());
+  if (options.address.empty() || options.address == "off") return metrics;
+  try {
+    // One CivetWeb worker thread is plenty for a scrape every few seconds.
+    metrics->exposer_ = std::make_unique<prometheus::Exposer>(options.address, 1);
+  } catch (const std::exception& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve metrics on ", options.address, ": ", e.what()));
+  }
+  metrics->exposer_->RegisterCollectable(metrics->registry_);
+  const std::vector<int> ports = metrics->exposer_->GetListeningPorts();
+  metrics->port_ = ports.empty() ? 0 : ports.front();
+  return metrics;
+}
+
+std::string Metrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+const ModelMetrics& Metrics::ForModel(const std::string& model) {
+  Families& f = *families_;
+  absl::MutexLock lock(&f.mu);
+  auto& slot = f.by_model[model];
+  if (slot) return *slot;
+  slot = std::make_unique<ModelMetrics>();
+  ModelMetrics& m = *slot;
+  const prometheus::Labels labels = {{"model", model}};
+  for (int i = 0; i < 7; ++i) {
+    m.outcomes[i] = &f.requests.Add({{"model", model}, {"outcome", kOutcomeNames[i]}});
+  }
+  m.prompt_tokens = &f.prompt_tokens.Add(labels);
+  m.generated_tokens = &f.generated_tokens.Add(labels);
+  m.queue_requests = &f.queue_requests.Add(labels);
+  m.running_requests = &f.running_requests.Add(labels);
+  m.kv_cache_usage = &f.kv_cache_usage.Add(labels);
+  const auto latency = Exponential(0.001, 2, 17);  // 1 ms .. 65 s
+  m.queue_seconds = &f.queue_seconds.Add(labels, latency);
+  m.time_to_first_token = &f.time_to_first_token.Add(labels, latency);
+  m.inter_token_latency = &f.inter_token_latency.Add(labels, Exponential(0.0005, 2, 14));
+  m.request_duration = &f.request_duration.Add(labels, Exponential(0.01, 2, 15));
+  m.step_duration = &f.step_duration.Add(labels, Exponential(0.0001, 2, 18));
+  m.step_tokens = &f.step_tokens.Add(labels, Exponential(1, 2, 13));
+  m.scheduler_overhead = &f.scheduler_overhead.Add(labels, Exponential(0.000001, 2, 18));
+  m.load_seconds = &f.load_seconds.Add(labels);
+  m.parameters = &f.parameters.Add(labels);
+  m.weight_bytes = &f.weight_bytes.Add(labels);
+  m.fp16_weight_bytes = &f.fp16_weight_bytes.Add(labels);
+  m.saved_bytes = &f.saved_bytes.Add(labels);
+  m.bits_per_parameter = &f.bits_per_parameter.Add(labels);
+  return m;
+}
+
+void Metrics::ModelLoaded(const std::string& model, double load_seconds, int64_t parameters,
+                          int64_t weight_bytes, int64_t fp16_weight_bytes) {
+  const ModelMetrics& m = ForModel(model);
+  m.load_seconds->Set(load_seconds);
+  m.parameters->Set(static_cast<double>(parameters));
+  m.weight_bytes->Set(static_cast<double>(weight_bytes));
+  m.fp16_weight_bytes->Set(static_cast<double>(fp16_weight_bytes));
+  m.saved_bytes->Set(static_cast<double>(fp16_weight_bytes - weight_bytes));
+  m.bits_per_parameter->Set(parameters > 0 ? 8.0 * weight_bytes / parameters : 0.0);
+}
+
+void Metrics::ModelUnloaded(const std::string& model) {
+  const ModelMetrics& m = ForModel(model);
+  for (prometheus::Gauge* gauge :
+       {m.queue_requests, m.running_requests, m.kv_cache_usage, m.parameters, m.weight_bytes,
+        m.fp16_weight_bytes, m.saved_bytes, m.bits_per_parameter}) {
+    gauge->Set(0);
+  }
+}
+
+void Metrics::SetModelCount(const std::string& state, int count) {
+  families_->models.Add({{"state", state}}).Set(count);
+}
+
+void Metrics::OnMemoryChanged(const runtime::Device& device, const std::string& owner,
+                              runtime::MemoryCategory category, int64_t owner_bytes,
+                              int64_t device_bytes) {
+  const std::string device_name = device.ToString();
+  families_->memory
+      .Add({{"device", device_name},
+            {"model", owner},
+            {"category", runtime::MemoryCategoryName(category)}})
+      .Set(static_cast<double>(owner_bytes));
+  families_->device_memory.Add({{"device", device_name}}).Set(static_cast<double>(device_bytes));
+}
+
+}  // namespace kbitd::server

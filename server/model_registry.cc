@@ -1,0 +1,350 @@
+#include "server/model_registry.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "runtime/placement.h"
+#include "runtime/quantization_config.h"
+#include "server/config.h"
+
+namespace kbitd::server {
+namespace {
+
+const char* StateName(v1::ModelState state) {
+  switch (state) {
+    case v1::MODEL_STATE_LOADING:
+      return "loading";
+    case v1::MODEL_STATE_READY:
+      return "ready";
+    case v1::MODEL_STATE_UNLOADING:
+      return "unloading";
+    case v1::MODEL_STATE_FAILED:
+      return "failed";
+    default:
+      return "unspecified";
+  }
+}
+
+absl::Status WithField(const std::string& field, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(field, ": ", std::string(status.message())));
+}
+
+// What GetModel reports about a loaded model.
+void DescribeModel(const runtime::Model& model, const runtime::Engine& engine,
+                   v1::ModelInfo* info) {
+  info->set_architecture(model.config().architecture);
+  info->set_parameter_count(model.parameter_count());
+  const int64_t weights = model.weight_bytes();
+  const int64_t fp16 = model.fp16_equivalent_bytes();
+  info->set_weight_bytes(weights);
+  info->set_fp16_weight_bytes(fp16);
+  info->set_saved_bytes(fp16 - weights);
+  if (model.parameter_count() > 0) {
+    info->set_bits_per_parameter(8.0 * weights / model.parameter_count());
+  }
+  info->set_max_context_tokens(engine.max_context());
+  info->set_vocab_size(static_cast<int32_t>(model.config().vocab_size));
+  info->clear_memory();
+  for (const runtime::DeviceMemoryUsage& usage : model.memory_usage()) {
+    v1::DeviceMemory& memory = *info->add_memory();
+    memory.set_device(usage.device.ToString());
+    memory.set_weight_bytes(usage.bytes[static_cast<int>(runtime::MemoryCategory::kWeights)]);
+    memory.set_kv_cache_bytes(usage.bytes[static_cast<int>(runtime::MemoryCategory::kKvCache)]);
+    memory.set_workspace_bytes(usage.bytes[static_cast<int>(runtime::MemoryCategory::kWorkspace)]);
+  }
+}
+
+int64_t HeldBytes(const v1::ModelInfo& info) {
+  int64_t total = 0;
+  for (const auto& m : info.memory()) {
+    total += m.weight_bytes() + m.kv_cache_bytes() + m.workspace_bytes();
+  }
+  return total;
+}
+
+}  // namespace
+
+absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& request,
+                                                   const std::string& resolved_path) {
+  runtime::LoadOptions options;
+  options.name = request.name();
+  options.path = resolved_path;
+  const v1::QuantizationConfig& q = request.quantization();
+  if (q.load_in_4bit() || q.load_in_8bit()) {
+    runtime::QuantizationConfig config;
+    config.load_in_4bit = q.load_in_4bit();
+    config.load_in_8bit = q.load_in_8bit();
+    if (!q.bnb_4bit_quant_type().empty()) config.bnb_4bit_quant_type = q.bnb_4bit_quant_type();
+    config.bnb_4bit_use_double_quant = q.bnb_4bit_use_double_quant();
+    if (!q.bnb_4bit_compute_dtype().empty()) {
+      auto dtype = ScalarTypeFromTorchName(q.bnb_4bit_compute_dtype());
+      if (!dtype.ok()) return WithField("quantization.bnb_4bit_compute_dtype", dtype.status());
+      config.bnb_4bit_compute_dtype = *dtype;
+    }
+    if (!q.bnb_4bit_quant_storage().empty()) {
+      auto dtype = ScalarTypeFromTorchName(q.bnb_4bit_quant_storage());
+      if (!dtype.ok()) return WithField("quantization.bnb_4bit_quant_storage", dtype.status());
+      config.bnb_4bit_quant_storage = *dtype;
+    }
+    if (q.has_llm_int8_threshold()) config.llm_int8_threshold = q.llm_int8_threshold();
+    if (q.llm_int8_skip_modules_size() > 0) {
+      config.llm_int8_skip_modules.emplace(q.llm_int8_skip_modules().begin(),
+                                           q.llm_int8_skip_modules().end());
+    }
+    config.llm_int8_enable_fp32_cpu_offload = q.llm_int8_enable_fp32_cpu_offload();
+    if (absl::Status valid = runtime::ValidateQuantizationConfig(config); !valid.ok()) {
+      return WithField("quantization", valid);
+    }
+    options.quantization = config;
+  }
+  const v1::PlacementConfig& p = request.placement();
+  if (!p.device_map().empty()) options.placement.device_map = p.device_map();
+  options.placement.explicit_map.insert(p.device_map_modules().begin(),
+                                        p.device_map_modules().end());
+  for (const auto& [device, size] : p.max_memory()) {
+    auto bytes = runtime::ParseMemorySize(size);
+    if (!bytes.ok())
+      return WithField(absl::StrCat("placement.max_memory.", device), bytes.status());
+    options.placement.max_memory[device] = *bytes;
+  }
+  options.require_tokenizer = true;
+  return options;
+}
+
+ModelRegistry::ModelRegistry(Options options) : options_(std::move(options)) {}
+
+ModelRegistry::~ModelRegistry() {
+  std::vector<std::thread> threads;
+  {
+    absl::MutexLock lock(&mu_);
+    threads.swap(threads_);
+  }
+  for (auto& thread : threads) thread.join();
+}
+
+void ModelRegistry::Spawn(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  threads_.emplace_back(std::move(task));
+}
+
+void ModelRegistry::PublishCounts() {
+  if (options_.metrics == nullptr) return;
+  int counts[5] = {0, 0, 0, 0, 0};
+  for (const auto& [name, entry] : entries_) ++counts[entry.info.state()];
+  for (int s = v1::MODEL_STATE_LOADING; s <= v1::MODEL_STATE_FAILED; ++s) {
+    options_.metrics->SetModelCount(StateName(static_cast<v1::ModelState>(s)), counts[s]);
+  }
+}
+
+void ModelRegistry::SetState(const std::string& name, v1::ModelState state) {
+  KBITD_LOG(Info) << "model " << name << ": " << StateName(state);
+  if (options_.on_state_change) options_.on_state_change(name, state);
+}
+
+void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
+  if (absl::Status valid = ValidateModelName(request.name()); !valid.ok()) {
+    return done(valid);
+  }
+  absl::StatusOr<std::string> path = options_.root.Resolve(request.path());
+  if (!path.ok()) return done(path.status());
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(request.name());
+    if (it != entries_.end() && it->second.info.state() != v1::MODEL_STATE_FAILED) {
+      return done(absl::AlreadyExistsError(absl::StrCat("model '", request.name(), "' is already ",
+                                                        StateName(it->second.info.state()),
+                                                        "; unload it first")));
+    }
+    Entry& entry = entries_[request.name()];
+    entry = Entry{};
+    entry.info.set_name(request.name());
+    entry.info.set_path(request.path());
+    entry.info.set_state(v1::MODEL_STATE_LOADING);
+    *entry.info.mutable_quantization() = request.quantization();
+    *entry.info.mutable_placement() = request.placement();
+    PublishCounts();
+  }
+  SetState(request.name(), v1::MODEL_STATE_LOADING);
+  Spawn([this, request, path = *path, done = std::move(done)]() mutable {
+    RunLoad(std::move(request), std::move(path), std::move(done));
+  });
+}
+
+void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done) {
+  const absl::Time start = options_.clock->Now();
+  auto served = [&]() -> absl::StatusOr<std::shared_ptr<ServedModel>> {
+    KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
+    load.observer = options_.metrics;
+    KBITD_ASSIGN_OR_RETURN(std::shared_ptr<runtime::Model> model, runtime::LoadModel(load));
+    KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
+                           runtime::Engine::Create(model, options_.engine));
+    auto result = std::make_shared<ServedModel>();
+    result->model = model;
+    result->info.set_name(request.name());
+    result->info.set_path(request.path());
+    result->info.set_state(v1::MODEL_STATE_READY);
+    *result->info.mutable_quantization() = request.quantization();
+    *result->info.mutable_placement() = request.placement();
+    DescribeModel(*model, *engine, &result->info);
+    Scheduler::Options scheduler = options_.scheduler;
+    if (options_.metrics) scheduler.metrics = &options_.metrics->ForModel(request.name());
+    result->scheduler = std::make_shared<Scheduler>(std::move(engine), scheduler);
+    return result;
+  }();
+  const double seconds = absl::ToDoubleSeconds(options_.clock->Now() - start);
+  absl::StatusOr<v1::ModelInfo> reply;
+  v1::ModelState state;
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& entry = entries_[request.name()];
+    if (served.ok()) {
+      (*served)->info.set_load_seconds(seconds);
+      entry.info = (*served)->info;
+      entry.served = *served;
+      state = v1::MODEL_STATE_READY;
+      reply = entry.info;
+    } else {
+      entry.info.set_state(v1::MODEL_STATE_FAILED);
+      entry.info.set_error(std::string(served.status().message()));
+      state = v1::MODEL_STATE_FAILED;
+      reply = absl::Status(served.status().code(),
+                           absl::StrCat("loading model '", request.name(), "' from ",
+                                        request.path(), ": ", served.status().message()));
+    }
+    PublishCounts();
+  }
+  if (served.ok()) {
+    options_.worker->Add((*served)->scheduler);
+    if (options_.metrics) {
+      const v1::ModelInfo& info = (*served)->info;
+      options_.metrics->ModelLoaded(request.name(), seconds, info.parameter_count(),
+                                    info.weight_bytes(), info.fp16_weight_bytes());
+    }
+  } else {
+    KBITD_LOG(Warning) << reply.status();
+  }
+  SetState(request.name(), state);
+  done(std::move(reply));
+}
+
+void ModelRegistry::Unload(const std::string& name, UnloadDone done) {
+  std::shared_ptr<ServedModel> served;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) {
+      return done(absl::NotFoundError(absl::StrCat("model '", name, "' is not loaded")));
+    }
+    switch (it->second.info.state()) {
+      case v1::MODEL_STATE_FAILED:
+        entries_.erase(it);
+        PublishCounts();
+        return done(v1::UnloadModelResponse());
+      case v1::MODEL_STATE_READY:
+        break;
+      default:
+        return done(absl::FailedPreconditionError(absl::StrCat(
+            "model '", name, "' is ", StateName(it->second.info.state()), "; try again later")));
+    }
+    it->second.info.set_state(v1::MODEL_STATE_UNLOADING);
+    served = it->second.served;
+    PublishCounts();
+  }
+  served->scheduler->StopAdmitting();
+  SetState(name, v1::MODEL_STATE_UNLOADING);
+  Spawn([this, name, served, done = std::move(done)]() mutable {
+    RunUnload(name, std::move(served), options_.unload_grace, std::move(done));
+  });
+}
+
+void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> served,
+                              absl::Duration grace, UnloadDone done) {
+  v1::UnloadModelResponse response;
+  response.set_freed_bytes(HeldBytes(served->info));
+  Scheduler& scheduler = *served->scheduler;
+  if (!scheduler.WaitIdle(grace)) {
+    response.set_cancelled_requests(scheduler.AbortAll());
+    // Aborted requests leave at the next step; bound the wait in case the engine hangs.
+    scheduler.WaitIdle(absl::Seconds(60));
+  }
+  options_.worker->Remove(&scheduler);
+  {
+    absl::MutexLock lock(&mu_);
+    entries_.erase(name);
+    PublishCounts();
+  }
+  if (options_.metrics) options_.metrics->ModelUnloaded(name);
+  served.reset();  // in-flight calls may still hold it until their last write
+  SetState(name, v1::MODEL_STATE_UNSPECIFIED);
+  done(std::move(response));
+}
+
+void ModelRegistry::UnloadAll(absl::Duration grace) {
+  std::vector<std::pair<std::string, std::shared_ptr<ServedModel>>> ready;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [name, entry] : entries_) {
+      if (entry.info.state() == v1::MODEL_STATE_READY) {
+        entry.info.set_state(v1::MODEL_STATE_UNLOADING);
+        ready.emplace_back(name, entry.served);
+      }
+    }
+  }
+  for (auto& [name, served] : ready) served->scheduler->StopAdmitting();
+  const absl::Time deadline = absl::Now() + grace;
+  for (auto& [name, served] : ready) {
+    RunUnload(name, served, std::max(absl::ZeroDuration(), deadline - absl::Now()),
+              [](absl::StatusOr<v1::UnloadModelResponse>) {});
+  }
+}
+
+absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::Get(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", name, "' is not loaded"));
+  }
+  const v1::ModelInfo& info = it->second.info;
+  switch (info.state()) {
+    case v1::MODEL_STATE_READY:
+      return it->second.served;
+    case v1::MODEL_STATE_FAILED:
+      return absl::FailedPreconditionError(
+          absl::StrCat("model '", name, "' failed to load: ", info.error()));
+    default:
+      return absl::UnavailableError(
+          absl::StrCat("model '", name, "' is ", StateName(info.state())));
+  }
+}
+
+absl::StatusOr<v1::ModelInfo> ModelRegistry::Info(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", name, "' is not loaded"));
+  }
+  v1::ModelInfo info = it->second.info;
+  if (it->second.served) {
+    // Memory moves with the KV cache; report it as of now.
+    const ServedModel& served = *it->second.served;
+    const v1::ModelState state = info.state();
+    DescribeModel(*served.model, served.scheduler->engine(), &info);
+    info.set_state(state);
+  }
+  return info;
+}
+
+std::vector<v1::ModelInfo> ModelRegistry::List() const {
+  std::vector<std::string> names;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, entry] : entries_) names.push_back(name);
+  }
+  std::vector<v1::ModelInfo> infos;
+  for (const auto& name : names) {
+    if (auto info = Info(name); info.ok()) infos.push_back(*std::move(info));
+  }
+  return infos;
+}
+
+}  // namespace kbitd::server

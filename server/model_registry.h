@@ -1,0 +1,102 @@
+// Name -> served model, with the lifecycle of each (TF Serving's LoaderHarness, Triton's model
+// repository manager). States and their legal transitions (kbitd.v1.ModelState):
+//   (absent) -> LOADING            Load of a new name (or of a FAILED one, which it replaces)
+//   LOADING  -> READY | FAILED     the load finished; a failed load has freed all it took
+//   READY    -> UNLOADING          Unload: no new requests; in-flight ones get the grace period,
+//                                  then are cancelled
+//   UNLOADING -> (absent)          once the last in-flight request has finished
+//   FAILED   -> (absent)           Unload of a failed name
+// Requests hold a std::shared_ptr<ServedModel>, so the model's memory is freed when the last of
+// them ends. Loads and unloads run on their own threads and report through callbacks, so gRPC
+// handlers never block. Thread-safe.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "kbitd/v1/model_service.pb.h"
+#include "runtime/engine.h"
+#include "runtime/loader.h"
+#include "runtime/model.h"
+#include "server/device_worker.h"
+#include "server/metrics.h"
+#include "server/model_root.h"
+#include "server/scheduler.h"
+
+namespace kbitd::server {
+
+// A READY model: the runtime model, its scheduler and what GetModel reports. Immutable.
+struct ServedModel {
+  v1::ModelInfo info;  // state READY, filled at load
+  std::shared_ptr<const runtime::Model> model;
+  std::shared_ptr<Scheduler> scheduler;
+};
+
+class ModelRegistry {
+ public:
+  struct Options {
+    ModelRoot root;
+    absl::Duration unload_grace = absl::Seconds(30);
+    runtime::Engine::Options engine;
+    Scheduler::Options scheduler;    // metrics is filled per model
+    Metrics* metrics = nullptr;      // not owned; may be null
+    DeviceWorker* worker = nullptr;  // not owned; required
+    Clock* clock = &Clock::Real();   // not owned
+    // Called (from any thread, without the registry's lock) after every state change.
+    std::function<void(const std::string& name, v1::ModelState state)> on_state_change;
+  };
+  using LoadDone = std::function<void(absl::StatusOr<v1::ModelInfo>)>;
+  using UnloadDone = std::function<void(absl::StatusOr<v1::UnloadModelResponse>)>;
+
+  explicit ModelRegistry(Options options);
+  ~ModelRegistry();  // waits for loads and unloads in progress
+
+  // Starts loading; `done` runs on the loader thread with the READY info or the error.
+  // Errors found before loading (bad name, path outside the root, name taken) are returned by
+  // `done` too, on the caller's thread.
+  void Load(const v1::LoadModelRequest& request, LoadDone done);
+  void Unload(const std::string& name, UnloadDone done);
+
+  // A READY model. NOT_FOUND (unknown), UNAVAILABLE (loading / unloading), FAILED_PRECONDITION
+  // (failed load, with its reason).
+  absl::StatusOr<std::shared_ptr<ServedModel>> Get(const std::string& name) const;
+  absl::StatusOr<v1::ModelInfo> Info(const std::string& name) const;
+  std::vector<v1::ModelInfo> List() const;
+  // Unloads everything (shutdown): stop admitting, grace period, cancel; blocks.
+  void UnloadAll(absl::Duration grace);
+
+  const ModelRoot& root() const { return options_.root; }
+
+ private:
+  struct Entry {
+    v1::ModelInfo info;                   // state + error while not READY
+    std::shared_ptr<ServedModel> served;  // set while READY / UNLOADING
+  };
+  void SetState(const std::string& name, v1::ModelState state);
+  void RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done);
+  void RunUnload(std::string name, std::shared_ptr<ServedModel> served, absl::Duration grace,
+                 UnloadDone done);
+  void Spawn(std::function<void()> task);
+  void PublishCounts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+// transformers-named request fields -> the runtime's load options. INVALID_ARGUMENT naming the
+// field for bad values.
+absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& request,
+                                                   const std::string& resolved_path);
+
+}  // namespace kbitd::server

@@ -1,0 +1,36 @@
+// kbitd.v1.ModelService on gRPC's callback API. Load and Unload hand their work to the registry's
+// threads and finish the call from there; Dequantize runs on its own thread and streams chunks
+// one write at a time. LoadModel and UnloadModel check the admin token first. Thread-safe.
+#pragma once
+
+#include "kbitd/v1/model_service.grpc.pb.h"
+#include "server/auth.h"
+#include "server/model_registry.h"
+
+namespace kbitd::server {
+
+class ModelService final : public v1::ModelService::CallbackService {
+ public:
+  ModelService(ModelRegistry* registry, const AdminAuth* auth) : registry_(registry), auth_(auth) {}
+
+  grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
+                                      const v1::LoadModelRequest* request,
+                                      v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* UnloadModel(grpc::CallbackServerContext* context,
+                                        const v1::UnloadModelRequest* request,
+                                        v1::UnloadModelResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
+                                     const v1::GetModelRequest* request,
+                                     v1::ModelInfo* response) override;
+  grpc::ServerWriteReactor<v1::DequantizeChunk>* Dequantize(
+      grpc::CallbackServerContext* context, const v1::DequantizeRequest* request) override;
+
+ private:
+  ModelRegistry* registry_;
+  const AdminAuth* auth_;
+};
+
+}  // namespace kbitd::server

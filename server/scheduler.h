@@ -1,0 +1,99 @@
+// Continuous batching for one model (the slot loop of llama.cpp's server, the policy split of TF
+// Serving's batching): a bounded queue any thread may add to, and Step(), which the model's device
+// worker calls in a loop. Each step retires cancelled and expired requests, admits queued ones
+// under the KV budget (batch_policy.h), runs one Engine::Step over prefill chunks and decode tokens
+// together, then streams each new token (text, logprobs) to its request and finishes those that hit
+// EOS, a stop string or token, max_new_tokens or the context. Cancellation and deadlines therefore
+// take effect within one step. The queue side is thread-safe; Step() and the Engine belong to the
+// worker thread alone.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "runtime/engine.h"
+#include "runtime/streaming_decoder.h"
+#include "server/batch_policy.h"
+#include "server/metrics.h"
+#include "server/request.h"
+#include "server/stop_matcher.h"
+
+namespace kbitd::server {
+
+class Scheduler {
+ public:
+  struct Options {
+    BatchLimits limits;
+    int32_t max_queue = 256;                // waiting requests before RESOURCE_EXHAUSTED
+    const ModelMetrics* metrics = nullptr;  // not owned; may be null
+    Clock* clock = &Clock::Real();          // not owned
+  };
+
+  Scheduler(std::unique_ptr<runtime::Engine> engine, Options options);
+  ~Scheduler();
+
+  // Any thread. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once admission stopped.
+  absl::Status Enqueue(std::shared_ptr<Request> request);
+  // Any thread. Called after a successful Enqueue, outside the scheduler's lock.
+  void set_wakeup(std::function<void()> wakeup) { wakeup_ = std::move(wakeup); }
+  // Any thread: Enqueue answers UNAVAILABLE from now on (unload, shutdown).
+  void StopAdmitting();
+  // Any thread: every queued and running request finishes at the next step with
+  // FINISH_REASON_CANCELLED. Returns how many there were.
+  int AbortAll();
+  // Queued + running requests.
+  int InFlight() const;
+  // Waits until nothing is in flight or `timeout` passes; true if idle.
+  bool WaitIdle(absl::Duration timeout) const;
+  bool HasWork() const;
+
+  // Worker thread only: one scheduling iteration. Engine errors fail the running requests and are
+  // returned.
+  absl::Status Step();
+
+  const runtime::Engine& engine() const { return *engine_; }
+
+ private:
+  struct Slot {
+    std::shared_ptr<Request> request;
+    int32_t prompt_tokens = 0;
+    int32_t generated = 0;
+    int32_t max_total_tokens = 0;
+    StopMatcher stop;
+    runtime::StreamingDecoder decoder;
+    absl::Time admitted;
+    absl::Time first_token = absl::InfinitePast();
+    absl::Time last_token;
+  };
+  enum class Ending { kNone, kLength, kStop, kAborted };
+
+  void TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted, bool* abort);
+  void StartSlot(std::shared_ptr<Request> request, absl::Time now);
+  // Finishes a slot (removes it from the engine) and counts the outcome.
+  void EndSlot(Slot& slot, Ending ending, absl::Status status, absl::Time now);
+  Ending OnToken(Slot& slot, const runtime::SampledToken& token, absl::Time now);
+  void Publish();
+
+  std::unique_ptr<runtime::Engine> engine_;
+  const Options options_;
+  std::function<void()> wakeup_;
+  std::vector<int32_t> eos_ids_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::shared_ptr<Request>> queue_ ABSL_GUARDED_BY(mu_);
+  int running_count_ ABSL_GUARDED_BY(mu_) = 0;
+  bool admitting_ ABSL_GUARDED_BY(mu_) = true;
+  bool abort_all_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Worker thread only.
+  std::vector<std::unique_ptr<Slot>> running_;
+};
+
+}  // namespace kbitd::server

@@ -1,0 +1,149 @@
+#include "server/server.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace kbitd::server {
+namespace {
+
+constexpr char kInferenceService[] = "kbitd.v1.InferenceService";
+constexpr char kModelService[] = "kbitd.v1.ModelService";
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const v1::TlsConfig& tls) {
+  if (tls.cert_file().empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  KBITD_ASSIGN_OR_RETURN(std::string cert, ReadFile(tls.cert_file(), "tls.cert_file"));
+  KBITD_ASSIGN_OR_RETURN(std::string key, ReadFile(tls.key_file(), "tls.key_file"));
+  options.pem_key_cert_pairs.push_back({key, cert});
+  if (!tls.client_ca_file().empty()) {
+    KBITD_ASSIGN_OR_RETURN(options.pem_root_certs,
+                           ReadFile(tls.client_ca_file(), "tls.client_ca_file"));
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config) {
+  std::unique_ptr<Server> server(new Server());
+  KBITD_ASSIGN_OR_RETURN(ModelRoot root, ModelRoot::Create(config.model_root()));
+  KBITD_ASSIGN_OR_RETURN(server->metrics_, Metrics::Create({.address = config.metrics_address()}));
+  std::string token = config.admin_token();
+  if (!config.admin_token_file().empty()) {
+    KBITD_ASSIGN_OR_RETURN(std::string text,
+                           ReadFile(config.admin_token_file(), "admin_token_file"));
+    token = std::string(absl::StripAsciiWhitespace(text.substr(0, text.find('\n'))));
+    if (token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("admin_token_file ", config.admin_token_file(), " is empty"));
+    }
+  }
+  server->auth_ = std::make_unique<AdminAuth>(token, config.allow_unauthenticated_admin());
+  server->worker_ = std::make_unique<DeviceWorker>();
+
+  const v1::LimitsConfig& limits = config.limits();
+  ModelRegistry::Options options{.root = root};
+  options.unload_grace = absl::Seconds(config.unload_grace_seconds());
+  options.engine.kv_cache_tokens = config.kv_cache_tokens();
+  options.engine.num_threads = config.num_threads();
+  options.scheduler.limits = {.max_batch_tokens = limits.max_batch_tokens(),
+                              .max_batch_size = limits.max_batch_size(),
+                              .prefill_chunk_tokens = limits.prefill_chunk_tokens()};
+  options.scheduler.max_queue = limits.max_queue();
+  options.metrics = server->metrics_.get();
+  options.worker = server->worker_.get();
+  Server* self = server.get();
+  options.on_state_change = [self](const std::string& name, v1::ModelState state) {
+    self->OnModelState(name, state);
+  };
+  server->registry_ = std::make_unique<ModelRegistry>(std::move(options));
+  server->model_service_ =
+      std::make_unique<ModelService>(server->registry_.get(), server->auth_.get());
+  server->inference_service_ =
+      std::make_unique<InferenceService>(server->registry_.get(), server->metrics_.get(), limits);
+
+  KBITD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                         Credentials(config.tls()));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen_address(), credentials, &server->port_);
+  builder.SetMaxReceiveMessageSize(limits.max_message_bytes());
+  builder.RegisterService(server->model_service_.get());
+  builder.RegisterService(server->inference_service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", config.listen_address()));
+  }
+  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kModelService, true);
+  health->SetServingStatus(kInferenceService, config.models_size() == 0);
+  server->health_ = health;
+
+  server->preloads_left_ = config.models_size();
+  for (const v1::ModelConfig& model : config.models()) {
+    v1::LoadModelRequest request;
+    request.set_name(model.name());
+    request.set_path(model.path());
+    *request.mutable_quantization() = model.quantization();
+    *request.mutable_placement() = model.placement();
+    server->registry_->Load(request, [self](absl::StatusOr<v1::ModelInfo> info) {
+      if (!info.ok()) {
+        KBITD_LOG(Error) << "preloading: " << info.status();
+        self->preload_failed_ = true;
+      }
+      // Ready once every configured model is loaded.
+      if (--self->preloads_left_ == 0 && !self->preload_failed_) {
+        if (auto* h = self->health_.load()) h->SetServingStatus(kInferenceService, true);
+      }
+    });
+  }
+  return server;
+}
+
+void Server::OnModelState(const std::string& name, v1::ModelState state) {
+  if (auto* health = health_.load()) {
+    health->SetServingStatus(name, state == v1::MODEL_STATE_READY);
+  }
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  KBITD_LOG(Info) << "shutting down: draining for up to " << grace;
+  // NOT_SERVING everywhere first, so load balancers stop sending traffic.
+  if (auto* health = health_.exchange(nullptr)) health->Shutdown();
+  // Waits for in-flight calls until the deadline, then cancels them (their requests leave the
+  // batch at the next step).
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  registry_->UnloadAll(absl::ZeroDuration());
+}
+
+Server::~Server() {
+  Shutdown(absl::ZeroDuration());
+  server_.reset();
+  registry_.reset();
+  worker_.reset();
+}
+
+}  // namespace kbitd::server
