@@ -7,14 +7,21 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(
+# What building kbitd needs. The container image's build stage (Dockerfile) runs this script with
+# KBITD_SETUP_PROFILE=build, so the image is built from the same packages as CI.
+BUILD_PACKAGES=(
   build-essential cmake pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libgmock-dev googletest
+)
+APT_PACKAGES=(
+  "${BUILD_PACKAGES[@]}"
   clang libclang-rt-14-dev
   prometheus
   python3 python3-pip python3-venv
 )
+PROFILE=${KBITD_SETUP_PROFILE:-all}
+if [[ $PROFILE == build ]]; then APT_PACKAGES=("${BUILD_PACKAGES[@]}"); fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -27,4 +34,6 @@ if ((${#missing[@]})); then
 fi
 
 # Python packages used by the tests (peers we check against: tokenizers, grpcio, safetensors).
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+if [[ $PROFILE != build ]]; then
+  python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi

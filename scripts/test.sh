@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${KBITD_SKIP_SETUP:-0} == 1 ]] || bash scripts/setup.sh
 
+# deploy/ (Helm chart, KServe, Prometheus rules, Grafana dashboard, Dockerfile) checked with the
+# real tools: Helm (embedded), kubernetes-validate, promtool, hadolint. Needs no build; ~20 s.
+python3 -m pytest -q tests/deploy
+
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-}
