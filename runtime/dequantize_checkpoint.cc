@@ -1,0 +1,144 @@
+#include "runtime/dequantize_checkpoint.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/json.h"
+#include "common/status_macros.h"
+#include "quant/quant_state.h"
+#include "runtime/bnb_checkpoint.h"
+#include "runtime/checkpoint.h"
+#include "runtime/quantization_config_json.h"
+
+namespace kbitd::runtime {
+namespace fs = std::filesystem;
+namespace {
+
+bool IsCastable(ScalarType type) {
+  return type == ScalarType::kFloat32 || type == ScalarType::kFloat16 ||
+         type == ScalarType::kBFloat16;
+}
+
+// config.json of the plain checkpoint: no quantization_config, and the requested dtype recorded
+// under the key(s) the input used ("dtype" in transformers 5, "torch_dtype" before).
+JsonValue PlainConfig(JsonValue config, std::optional<ScalarType> dtype) {
+  auto& members = config.mutable_object();
+  members.erase(std::remove_if(members.begin(), members.end(),
+                               [](const auto& m) { return m.first == "quantization_config"; }),
+                members.end());
+  if (dtype) {
+    JsonValue name = JsonValue::String(std::string(TorchDtypeName(*dtype)));
+    bool set = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (config.Find(key) != nullptr) {
+        config.Set(key, name);
+        set = true;
+      }
+    }
+    if (!set) config.Set("torch_dtype", name);
+  }
+  return config;
+}
+
+}  // namespace
+
+absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
+                                                    const std::string& out_dir,
+                                                    const DequantizeCheckpointOptions& options) {
+  if (options.dtype && !IsCastable(*options.dtype)) {
+    return absl::InvalidArgumentError("the output dtype must be float32, float16 or bfloat16");
+  }
+  KBITD_ASSIGN_OR_RETURN(auto staged, StagedFolder::Create(out_dir));
+  KBITD_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(in_dir));
+  const std::string config_path = (fs::path(in_dir) / "config.json").string();
+  KBITD_ASSIGN_OR_RETURN(std::string config_text, ReadSmallFile(config_path));
+  auto hf_config = ParseJson(config_text);
+  if (!hf_config.ok() || !hf_config->is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
+  }
+  KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
+  if (layout.modules.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(in_dir, ": no bitsandbytes-quantized tensors found"));
+  }
+  for (const std::string& name : layout.plain) {
+    const SafetensorsTensorInfo& info = **checkpoint->Info(name);
+    if (!info.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat((*checkpoint->ShardOf(name))->path(),
+                                                     ": tensor \"", name, "\": dtype ",
+                                                     info.dtype_name, " is not supported"));
+    }
+  }
+
+  // One ordered list of work: modules by their weight name, plain tensors by name.
+  struct Item {
+    std::string name;
+    const QuantizedModule* module = nullptr;
+  };
+  std::vector<Item> items;
+  for (const QuantizedModule& m : layout.modules) items.push_back({m.prefix + ".weight", &m});
+  for (const std::string& name : layout.plain) items.push_back({name, nullptr});
+  std::sort(items.begin(), items.end(),
+            [](const Item& a, const Item& b) { return a.name < b.name; });
+
+  KBITD_ASSIGN_OR_RETURN(auto writer,
+                         ShardedCheckpointWriter::Create(staged->path(), options.output));
+  ConvertSummary summary;
+  ConvertProgress progress;
+  progress.total = static_cast<int64_t>(items.size());
+  std::vector<uint8_t> buffer;
+  for (const Item& item : items) {
+    if (item.module != nullptr) {
+      KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(*checkpoint, *item.module));
+      for (const std::string& name : item.module->tensors) {
+        summary.bytes_read += (**checkpoint->Info(name)).size_bytes();
+      }
+      const ScalarType dtype = options.dtype.value_or(state.dtype);
+      buffer.resize(static_cast<size_t>(state.numel()) * ScalarTypeSize(dtype));
+      absl::Status status = quant::DequantizeState(state, dtype, buffer.data());
+      if (!status.ok()) {
+        return absl::Status(status.code(), absl::StrCat(in_dir, ": module \"", item.module->prefix,
+                                                        "\": ", status.message()));
+      }
+      KBITD_RETURN_IF_ERROR(writer->BeginGroup(buffer.size()));
+      KBITD_RETURN_IF_ERROR(writer->Add(item.name, dtype, state.shape, buffer));
+      ++summary.converted;
+    } else {
+      KBITD_ASSIGN_OR_RETURN(TensorView view, checkpoint->Get(item.name));
+      summary.bytes_read += view.data.size();
+      std::vector<int64_t> shape(view.shape.begin(), view.shape.end());
+      KBITD_RETURN_IF_ERROR(writer->BeginGroup(view.data.size()));
+      if (options.dtype && IsCastable(view.dtype) && view.dtype != *options.dtype) {
+        const size_t n = static_cast<size_t>(view.NumElements());
+        std::vector<uint8_t> source(view.data.begin(), view.data.end());  // aligned copy
+        buffer.resize(n * ScalarTypeSize(*options.dtype));
+        for (size_t i = 0; i < n; ++i) {
+          StoreFromFloat(buffer.data(), *options.dtype, i,
+                         LoadAsFloat(source.data(), view.dtype, i));
+        }
+        KBITD_RETURN_IF_ERROR(writer->Add(item.name, *options.dtype, shape, buffer));
+      } else {
+        KBITD_RETURN_IF_ERROR(writer->Add(item.name, view.dtype, shape, view.data));
+      }
+      ++summary.copied;
+    }
+    ++progress.done;
+    progress.name = item.name;
+    progress.action = item.module ? "dequantize" : "copy";
+    progress.bytes_read = summary.bytes_read;
+    progress.bytes_written = writer->total_bytes();
+    if (options.progress) options.progress(progress);
+  }
+  KBITD_RETURN_IF_ERROR(writer->Finish());
+  summary.bytes_written = writer->total_bytes();
+  summary.shards = writer->num_shards();
+  KBITD_RETURN_IF_ERROR(
+      WriteTextFile((fs::path(staged->path()) / "config.json").string(),
+                    WriteHfConfigJson(PlainConfig(*std::move(hf_config), options.dtype))));
+  KBITD_RETURN_IF_ERROR(CopyAuxiliaryFiles(in_dir, staged->path()));
+  KBITD_RETURN_IF_ERROR(staged->Commit());
+  return summary;
+}
+
+}  // namespace kbitd::runtime
