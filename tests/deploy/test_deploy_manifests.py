@@ -159,8 +159,11 @@ def test_deployment_contract(rendered):
     ({"config": {"listen_address": "0.0.0.0:1"}}, "config.listen_address is set by the chart"),
     ({"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
     ({"tls": {"enabled": True, "existingSecret": "x", "clientCA": True}}, "tls.clientCA"),
-    ({"modelRoot": {"type": "nfs"}}, "modelRoot.type must be pvc, hostPath or emptyDir"),
-    ({"terminationMarginSeconds": 0}, "terminationMarginSeconds must be > 0"),
+    # values.schema.json: typos, unknown enum values, bad model names, out-of-range numbers.
+    ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+    ({"modelRoot": {"type": "nfs"}}, "at '/modelRoot/type': value must be one of"),
+    ({"config": {"models": [{"name": "a b", "path": "x"}]}}, "at '/config/models/0/name'"),
+    ({"terminationMarginSeconds": 0}, "at '/terminationMarginSeconds'"),
 ])
 def test_chart_refuses_bad_values(values, message):
     with pytest.raises(Exception, match=re.escape(message)):

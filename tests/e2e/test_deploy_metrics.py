@@ -196,6 +196,43 @@ def test_every_metric_used_by_deploy_exists(chart_daemon):
     assert not bad, f"no such series in kbitd's /metrics: {bad}"
 
 
+def test_chart_tls_config_and_exec_probes(tmp_path):
+    """With tls.enabled the chart's kbitd.yaml turns TLS on and the probes become `kbitctl health`
+    commands in the pod: run exactly those against kbitd serving a certificate for localhost."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(tls / "tls.key"), "-out", str(tls / "tls.crt")],
+                   check=True, capture_output=True, timeout=60)
+    rendered = d.render_chart({"tls": {"enabled": True, "existingSecret": "kbitd-tls"}})
+    config = yaml.safe_load(d.config_map_yaml(rendered))
+    assert config["tls"] == {"cert_file": "/etc/kbitd/tls/tls.crt",
+                             "key_file": "/etc/kbitd/tls/tls.key"}
+    daemon = start_with_config(
+        tmp_path, d.config_map_yaml(rendered), f"--model_root={MODELS}",
+        f"--set=tls.cert_file={tls / 'tls.crt'},tls.key_file={tls / 'tls.key'}")
+    try:
+        c = d.container(rendered)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            command = c[probe]["exec"]["command"]
+            assert command[0] == "/usr/local/bin/kbitctl"
+            args = [f"--address=localhost:{daemon.port}" if a.startswith("--address=") else
+                    f"--tls_ca={tls / 'tls.crt'}" if a.startswith("--tls_ca=") else a
+                    for a in command[1:]]
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while (result := run_kbitctl(*args)).returncode != 0:
+                assert time.monotonic() < deadline, f"{probe}: {result.stderr}{daemon.output()}"
+                time.sleep(0.5)
+        # Plaintext clients are refused: the kubelet's own gRPC probe would fail here.
+        assert daemon.health("") != health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+
 def test_image_config_and_healthcheck(tmp_path):
     """The image's baked /etc/kbitd/kbitd.yaml, and its HEALTHCHECK command."""
     baked = (d.DEPLOY / "docker" / "kbitd.yaml").read_text()
