@@ -21,6 +21,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import json
+import socket
+import urllib.parse
+
 import grpc
 import pytest
 import yaml
@@ -194,6 +198,75 @@ def test_every_metric_used_by_deploy_exists(chart_daemon):
         if not any(sample.get(label) == value for sample in index.get(name, [])):
             bad.append(f'{name}{{{label}="{value}"}}')
     assert not bad, f"no such series in kbitd's /metrics: {bad}"
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prom_query(port, expr):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_real_prometheus_evaluates_rules_and_dashboard(chart_daemon, tmp_path):
+    """Debian's Prometheus scrapes the live daemon with deploy/'s rules loaded: the recording rules
+    produce series, no alert fires on a healthy daemon, and every dashboard panel query returns
+    data."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus is not installed (scripts/setup.sh installs it)")
+    daemon, _ = chart_daemon
+    daemon.wait_serving("default")
+    shutil.copy(d.RULES, tmp_path / d.RULES.name)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [d.RULES.name],
+        "scrape_configs": [{"job_name": "kbitd", "static_configs": [
+            {"targets": [f"127.0.0.1:{daemon.metrics_port}"]}]}],
+    }))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _prom_query(port, 'up{job="kbitd"} == 1'):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.5)
+        # Traffic while Prometheus scrapes, so rates and histogram quantiles have data.
+        for i in range(4):
+            result = run_kbitctl(f"--address={daemon.address}", "generate", "default",
+                                 f"def f{i}(x):", "--max_new_tokens=8", "--temperature=0")
+            assert result.returncode == 0, result.stderr
+            time.sleep(1)
+        time.sleep(3)
+        for record in ["model:kbitd_generated_tokens:rate5m",
+                       "model:kbitd_time_to_first_token_seconds:p99_5m"]:
+            assert _prom_query(port, record), f"recording rule {record} produced no series"
+        assert _prom_query(port, 'ALERTS{alertstate="firing"}') == []
+        empty = []
+        dash = json.loads(d.DASHBOARD.read_text())
+        for panel in dash["panels"]:
+            for target in panel.get("targets", []):
+                expr = d.grafana_to_promql(target["expr"]).replace("[5m]", "[30s]")
+                if not _prom_query(port, expr):
+                    empty.append(f"{panel['title']}: {target['expr']}")
+        assert not empty, f"dashboard queries with no data from a live kbitd: {empty}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_chart_tls_config_and_exec_probes(tmp_path):
