@@ -105,6 +105,19 @@ def test_service_monitor_matches_crd(rendered):
     assert [s["spec"]["ports"][0]["name"] for s in selected] == ["metrics"]
 
 
+def test_prometheus_rule_matches_crd_and_rules_file(rendered):
+    from cloudcoil.models.prometheus_operator import v1 as monitoring
+
+    label, out = rendered
+    rules = [doc for _, doc in d.manifests(out) if doc["kind"] == "PrometheusRule"]
+    assert len(rules) == 1, label
+    model = monitoring.PrometheusRule.model_validate(rules[0])
+    dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert list(_unknown_fields(rules[0], dumped)) == []
+    # The same rules promtool tests (the chart's files/ links to deploy/prometheus/).
+    assert rules[0]["spec"] == yaml.safe_load(d.RULES.read_text())
+
+
 def test_deployment_contract(rendered):
     label, out = rendered
     values = d.VALUE_SETS[label]
