@@ -67,34 +67,35 @@ TEST(DequantizeCheckpointTest, MatchesBitsandbytesDequantizationExactly) {
   }
 }
 
-TEST(DequantizeCheckpointTest, Int8FollowsBitsandbytesVectorwiseDequant) {
+// dequant_int8.safetensors: bnb's int8_vectorwise_dequant (float32) of every Linear8bitLt that
+// transformers loaded from bnb_int8.
+TEST(DequantizeCheckpointTest, Int8MatchesBitsandbytesVectorwiseDequantExactly) {
   const std::string out = FreshDir("int8");
   DequantizeCheckpointOptions options;
   options.dtype = ScalarType::kFloat32;
   ASSERT_TRUE(DequantizeCheckpoint(kData + "/bnb_int8", out, options).ok());
   auto ours = SafetensorsFile::Open(out + "/model.safetensors");
-  auto bnb = SafetensorsFile::Open(kData + "/bnb_int8/model.safetensors");
-  ASSERT_TRUE(ours.ok() && bnb.ok());
-  // bnb int8_vectorwise_dequant: A * SCB.view(-1, 1) * 7.874015718698502e-3, in float32.
-  const std::string p = "model.layers.0.mlp.down_proj";
-  auto w = (*ours)->Get(p + ".weight");
-  auto cb = (*bnb)->Get(p + ".weight");
-  auto scb = (*bnb)->Get(p + ".SCB");
-  ASSERT_EQ(w->dtype, ScalarType::kFloat32);
-  const int64_t rows = cb->shape[0], cols = cb->shape[1];
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const size_t i = static_cast<size_t>(r * cols + c);
-      float expected = static_cast<float>(static_cast<int8_t>(cb->data[i])) *
-                       LoadAsFloat(scb->data.data(), ScalarType::kFloat32, r);
-      expected *= 7.874015718698502e-3f;
-      ASSERT_EQ(LoadAsFloat(w->data.data(), ScalarType::kFloat32, i), expected) << r << "," << c;
-    }
+  auto golden = SafetensorsFile::Open(kData + "/dequant_int8.safetensors");
+  ASSERT_TRUE(ours.ok() && golden.ok());
+  ASSERT_EQ((*golden)->tensors().size(), 7u);
+  for (const std::string& name : (*golden)->TensorNames()) {
+    auto a = (*ours)->Get(name);
+    auto b = (*golden)->Get(name);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_EQ(a->dtype, ScalarType::kFloat32);
+    ASSERT_EQ(a->data.size(), b->data.size()) << name;
+    EXPECT_EQ(std::memcmp(a->data.data(), b->data.data(), a->data.size()), 0) << name;
   }
   // --dtype also casts the plain floating-point tensors and is recorded in config.json.
   EXPECT_EQ((*ours)->Get("model.embed_tokens.weight")->dtype, ScalarType::kFloat32);
   EXPECT_THAT(ReadBytes(out + "/config.json"), HasSubstr("\"dtype\": \"float32\""));
   EXPECT_THAT(ReadBytes(out + "/config.json"), ::testing::Not(HasSubstr("quantization_config")));
+  // Without --dtype, LLM.int8 weights come back as float16 (bnb quantizes from fp16).
+  const std::string out16 = FreshDir("int8_default");
+  ASSERT_TRUE(DequantizeCheckpoint(kData + "/bnb_int8", out16, {}).ok());
+  auto f16 = SafetensorsFile::Open(out16 + "/model.safetensors");
+  EXPECT_EQ((*f16)->Get("model.layers.0.mlp.up_proj.weight")->dtype, ScalarType::kFloat16);
+  EXPECT_EQ((*f16)->Get("model.embed_tokens.weight")->dtype, ScalarType::kBFloat16);
 }
 
 TEST(DequantizeCheckpointTest, RejectsPlainAndCorruptCheckpoints) {

@@ -147,36 +147,41 @@ def compare_folders(ours, theirs):
 
 
 def check(base, kbitq_dir, out):
+    from safetensors.torch import save_file
     os.makedirs(out, exist_ok=True)
-    results = {}
-    for v, (kwargs, _) in VARIANTS.items():
+    results, logits = {}, {}
+    for v in sorted(os.listdir(kbitq_dir)):
         path = os.path.join(kbitq_dir, v)
-        if not os.path.isdir(path):
-            continue
         r = results[v] = {}
         try:
-            ref_model = load_quantized(base, kwargs)
-            ref = logits_of(ref_model)
-            theirs = os.path.join(out, "bnb_" + v)
-            ref_model.save_pretrained(theirs)
-            del ref_model
-            ours = logits_of(load_quantized(path))
-            r["max_abs_logit_diff"] = float((ours - ref).abs().max())
-            r["logits_identical"] = bool(torch.equal(ours, ref))
-            r["tensors"] = compare_folders(path, theirs)
+            model = load_quantized(path)  # no quantization_config: read from config.json
+            # bnb's dequantization of the weights kbitq wrote, before any forward.
+            save_file({k: t.contiguous() for k, t in bnb_dequantized(model).items()},
+                      os.path.join(out, "bnbdeq_kbitq_%s.safetensors" % v))
+            logits["kbitq_" + v] = ours = logits_of(model)
+            del model
+            if v in VARIANTS:
+                ref_model = load_quantized(base, VARIANTS[v][0])
+                logits["transformers_" + v] = ref = logits_of(ref_model)
+                theirs = os.path.join("/tmp", "bnb_" + v)
+                ref_model.save_pretrained(theirs)
+                del ref_model
+                r["max_abs_logit_diff_vs_transformers"] = float((ours - ref).abs().max())
+                r["logits_identical"] = bool(torch.equal(ours, ref))
+                r["tensors"] = compare_folders(path, theirs)
+            else:
+                base_logits = logits_of(load_quantized(base))
+                r["max_abs_logit_diff_vs_unquantized"] = float((ours - base_logits).abs().max())
         except Exception:
             r["error"] = traceback.format_exc()
-    # Any other folder (e.g. a non-default blocksize) must at least load and run.
-    for v in sorted(os.listdir(kbitq_dir)):
-        if v in VARIANTS:
-            continue
-        try:
-            logits = logits_of(load_quantized(os.path.join(kbitq_dir, v)))
-            base_logits = logits_of(load_quantized(base))
-            results[v] = {"loads": True, "max_abs_logit_diff_vs_base":
-                          float((logits - base_logits).abs().max())}
-        except Exception:
-            results[v] = {"error": traceback.format_exc()}
+    save_file(logits, os.path.join(out, "check_logits.safetensors"))
+    # bnb's own dequantization of the LLM.int8 checkpoint transformers saved (golden for CI).
+    try:
+        model = load_quantized(os.path.join(os.path.dirname(base), "bnb_int8"))
+        save_file({k: t.contiguous() for k, t in bnb_dequantized(model).items()},
+                  os.path.join(out, "dequant_int8.safetensors"))
+    except Exception:
+        results["int8_dequant_error"] = traceback.format_exc()
     with open(os.path.join(out, "check.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     print(json.dumps(results, indent=2, sort_keys=True))
