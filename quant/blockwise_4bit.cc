@@ -17,49 +17,49 @@ using internal::FloatElem;
 template <FourBitType kType>
 uint8_t Encode(float x) {
   if constexpr (kType == FourBitType::kNf4) {
-    return EncodeNf4(x);
+    return EncodeNf4Count(x);  // == EncodeNf4 for every float, but vectorizable
   } else {
-    return EncodeFp4(x);
+    return EncodeFp4Count(x);
   }
 }
 
 template <FourBitType kType, ScalarType kIn>
 void QuantizeImpl(const void* input, int64_t n, int64_t blocksize, uint8_t* packed, float* absmax) {
-  using In = FloatElem<kIn>;
+  uint8_t codes[internal::kMaxBlocksize + 1];
   internal::ForEachQuantBlock<kIn>(
-      input, n, blocksize, absmax, [&](int64_t begin, int64_t end, float inv) {
-        // blocksize is even, so a pair never straddles two blocks; only an odd n leaves a lone
-        // element whose partner is the kernel's zero padding.
-        int64_t k = begin;
-        for (; k + 1 < end; k += 2) {
-          const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
-          const uint8_t lo = Encode<kType>(In::Load(input, k + 1) * inv);
-          packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
-        }
-        if (k < end) {
-          const uint8_t hi = Encode<kType>(In::Load(input, k) * inv);
-          const uint8_t lo = Encode<kType>(0.0f * inv);
-          packed[k / 2] = static_cast<uint8_t>((hi << 4) | lo);
+      input, n, blocksize, absmax,
+      [&](int64_t begin, const float* values, int64_t count, float inv) {
+        for (int64_t i = 0; i < count; ++i) codes[i] = Encode<kType>(values[i] * inv);
+        // blocksize is even, so only an odd n leaves a lone element, whose partner is the
+        // kernel's zero padding.
+        codes[count] = Encode<kType>(0.0f * inv);
+        uint8_t* out = packed + begin / 2;
+        for (int64_t j = 0; j < (count + 1) / 2; ++j) {
+          out[j] = static_cast<uint8_t>((codes[2 * j] << 4) | codes[2 * j + 1]);
         }
       });
 }
 
+// Each block has only 16 possible outputs: convert them once, then every byte is two lookups.
 template <ScalarType kOut>
 void DequantizeImpl(const std::array<float, 16>& lut, const uint8_t* packed, const float* absmax,
                     int64_t n, int64_t blocksize, void* output) {
   using Out = FloatElem<kOut>;
+  using Bits = typename Out::Bits;
+  Bits* out = static_cast<Bits*>(output);
   const int64_t nblocks = NumBlocks(n, blocksize);
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min(begin + blocksize, n);
-    const float scale = absmax[b];
+    Bits table[16];
+    for (int c = 0; c < 16; ++c) table[c] = Out::Convert(lut[c] * absmax[b]);
     int64_t k = begin;
     for (; k + 1 < end; k += 2) {
       const uint8_t byte = packed[k / 2];
-      Out::Store(output, k, lut[byte >> 4] * scale);
-      Out::Store(output, k + 1, lut[byte & 0xF] * scale);
+      out[k] = table[byte >> 4];
+      out[k + 1] = table[byte & 0xF];
     }
-    if (k < end) Out::Store(output, k, lut[packed[k / 2] >> 4] * scale);
+    if (k < end) out[k] = table[packed[k / 2] >> 4];
   }
 }
 

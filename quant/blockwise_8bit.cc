@@ -17,23 +17,32 @@ template <ScalarType kIn>
 void QuantizeImpl(const float* code256, const void* input, int64_t n, int64_t blocksize,
                   uint8_t* codes, float* absmax) {
   internal::ForEachQuantBlock<kIn>(
-      input, n, blocksize, absmax, [&](int64_t begin, int64_t end, float inv) {
-        for (int64_t k = begin; k < end; ++k) {
-          codes[k] = EncodeDynamic8bit(code256, FloatElem<kIn>::Load(input, k) * inv);
+      input, n, blocksize, absmax,
+      [&](int64_t begin, const float* values, int64_t count, float inv) {
+        for (int64_t i = 0; i < count; ++i) {
+          codes[begin + i] = EncodeDynamic8bit(code256, values[i] * inv);
         }
       });
 }
 
+// Large blocks convert the 256 possible outputs once; small blocks convert each element.
 template <ScalarType kOut>
 void DequantizeImpl(const float* code256, const uint8_t* codes, const float* absmax, int64_t n,
                     int64_t blocksize, void* output) {
+  using Out = FloatElem<kOut>;
+  using Bits = typename Out::Bits;
+  Bits* out = static_cast<Bits*>(output);
   const int64_t nblocks = NumBlocks(n, blocksize);
+  Bits table[256];
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min(begin + blocksize, n);
     const float scale = absmax[b];
-    for (int64_t k = begin; k < end; ++k) {
-      FloatElem<kOut>::Store(output, k, code256[codes[k]] * scale);
+    if (end - begin >= 1024) {
+      for (int c = 0; c < 256; ++c) table[c] = Out::Convert(code256[c] * scale);
+      for (int64_t k = begin; k < end; ++k) out[k] = table[codes[k]];
+    } else {
+      for (int64_t k = begin; k < end; ++k) out[k] = Out::Convert(code256[codes[k]] * scale);
     }
   }
 }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
 #include "quant/encode.h"
+#include "quant/half_convert.h"
 
 namespace kbitd::quant::internal {
 
@@ -22,16 +23,27 @@ struct FloatElem {
     if constexpr (kType == ScalarType::kFloat32) {
       return static_cast<const float*>(data)[i];
     } else if constexpr (kType == ScalarType::kFloat16) {
-      return HalfToFloat(static_cast<const uint16_t*>(data)[i]);
+      return HalfToFloatInline(static_cast<const uint16_t*>(data)[i]);
     } else {
       return BFloat16ToFloat(static_cast<const uint16_t*>(data)[i]);
+    }
+  }
+  // The element type as stored: float for F32, the 16-bit pattern otherwise.
+  using Bits = std::conditional_t<kType == ScalarType::kFloat32, float, uint16_t>;
+  static Bits Convert(float value) {
+    if constexpr (kType == ScalarType::kFloat32) {
+      return value;
+    } else if constexpr (kType == ScalarType::kFloat16) {
+      return FloatToHalfInline(value);
+    } else {
+      return FloatToBFloat16(value);
     }
   }
   static void Store(void* data, int64_t i, float value) {
     if constexpr (kType == ScalarType::kFloat32) {
       static_cast<float*>(data)[i] = value;
     } else if constexpr (kType == ScalarType::kFloat16) {
-      static_cast<uint16_t*>(data)[i] = FloatToHalf(value);
+      static_cast<uint16_t*>(data)[i] = FloatToHalfInline(value);
     } else {
       static_cast<uint16_t*>(data)[i] = FloatToBFloat16(value);
     }
@@ -74,26 +86,34 @@ inline absl::Status CheckPointer(const void* p, int64_t n, const char* what) {
   return absl::InvalidArgumentError(absl::StrCat(what, " is null"));
 }
 
-// max |x| over elements [begin, end) with fmaxf (NaN ignored, Inf kept). bnb's kernel starts from
-// -FLT_MAX and, in a partial last block, also reduces the zero padding it loaded; this only shows
-// in blocks whose valid elements are all NaN.
+inline constexpr int64_t kMaxBlocksize = 4096;
+
+// Loads elements [begin, end) as float into `values` and returns their max |x|, reduced as bnb's
+// kQuantizeBlockwise does with fmaxf: NaN ignored, Inf kept, starting from -FLT_MAX; a partial
+// last block also reduces the zero padding the kernel loads. So an all-NaN block has absmax
+// -FLT_MAX, or 0 when it is the partial last block (as measured with bnb 0.50.2).
 template <ScalarType kType>
-float BlockAbsmax(const void* input, int64_t begin, int64_t end, int64_t blocksize) {
+float LoadBlock(const void* input, int64_t begin, int64_t end, int64_t blocksize, float* values) {
   float amax = (end - begin < blocksize) ? 0.0f : -FLT_MAX;
-  for (int64_t k = begin; k < end; ++k) amax = fmaxf(amax, fabsf(FloatElem<kType>::Load(input, k)));
+  for (int64_t k = begin; k < end; ++k) values[k - begin] = FloatElem<kType>::Load(input, k);
+  for (int64_t i = 0; i < end - begin; ++i) {
+    const float a = fabsf(values[i]);
+    amax = a > amax ? a : amax;  // == fmaxf(amax, a) here: amax is never NaN
+  }
   return amax;
 }
 
-// The quantize loop shared by the 4-bit and 8-bit kernels: per block, stores absmax and calls
-// fn(begin, end, inv) with inv = ReciprocalAbsmax(absmax) (included by callers via encode.h).
+// The quantize loop shared by the 4-bit and 8-bit kernels: per block, loads the values, stores
+// absmax and calls fn(begin, values, count, inv) with inv = ReciprocalAbsmax(absmax).
 template <ScalarType kIn, typename Fn>
 void ForEachQuantBlock(const void* input, int64_t n, int64_t blocksize, float* absmax, Fn&& fn) {
+  float values[kMaxBlocksize];
   const int64_t nblocks = (n + blocksize - 1) / blocksize;
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = begin + blocksize < n ? begin + blocksize : n;
-    absmax[b] = BlockAbsmax<kIn>(input, begin, end, blocksize);
-    fn(begin, end, ReciprocalAbsmax(absmax[b]));
+    absmax[b] = LoadBlock<kIn>(input, begin, end, blocksize, values);
+    fn(begin, values, end - begin, ReciprocalAbsmax(absmax[b]));
   }
 }
 

@@ -67,6 +67,28 @@ KBITD_HOST_DEVICE inline uint8_t EncodeFp4(float x) {
   return sign | ((m > 0x1.555572p-9f) ? 0b001 : 0b000);  // 0.00260417
 }
 
+// EncodeNf4 written as a threshold count, code = #{i : x > t[i]}: the same result for every float
+// (tests/quant/encode_test.cc checks all thresholds and a dense sample), but branch-free, so the
+// CPU kernels vectorize it.
+KBITD_HOST_DEVICE inline uint8_t EncodeNf4Count(float x) {
+  return static_cast<uint8_t>((x > -0x1.b239b0p-1f) + (x > -0x1.38a4e0p-1f) +
+                              (x > -0x1.d70900p-2f) + (x > -0x1.5bd4ecp-2f) +
+                              (x > -0x1.e079d8p-3f) + (x > -0x1.1a7178p-3f) +
+                              (x > -0x1.74f0e2p-5f) + (x > 0x1.45f5fep-5f) + (x > 0x1.ec90c4p-4f) +
+                              (x > 0x1.a0cfc0p-3f) + (x > 0x1.2b05a8p-2f) + (x > 0x1.8ea7f2p-2f) +
+                              (x > 0x1.00da08p-1f) + (x > 0x1.491b5ep-1f) + (x > 0x1.b913b4p-1f));
+}
+
+// EncodeFp4 as a count: rank r = #{t : |x| > t}; the 3-bit pattern of rank r
+// ([0, 1, 6, 7, 4, 5, 2, 3]) is r with bit 2 flipped when bit 1 of r is set.
+KBITD_HOST_DEVICE inline uint8_t EncodeFp4Count(float x) {
+  const float m = fabsf(x);
+  const int r = (m > 0x1.555572p-9f) + (m > 0x1.600000p-4f) + (m > 0x1.aaaaaap-3f) +
+                (m > 0x1.2aaaaap-2f) + (m > 0x1.aaaaacp-2f) + (m > 0x1.2aaaa0p-1f) +
+                (m > 0x1.aaaaaap-1f);
+  return static_cast<uint8_t>((x < 0.0f ? 0b1000 : 0) | (r ^ (((r >> 1) & 1) << 2)));
+}
+
 // bnb dQuantize<0>: 7-step binary search in the 256-entry map `code` (ascending), then nearest of
 // the bracketing entries with ties to the final pivot; NaN ends at 0. A literal port so that the
 // boundary handling (code[0] / code[255] neighbours) is identical.
@@ -77,16 +99,14 @@ KBITD_HOST_DEVICE inline uint8_t EncodeDynamic8bit(const float* code, float x) {
   float lower = -1.0f;
   float upper = 1.0f;
   float val = code[pivot];
+  // Selects instead of if/else (same result): the data-dependent branches mispredict half the time.
   for (int step = 64; step > 0; step >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += step;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= step;
-    }
+    const bool up = x > val;
+    lower_pivot = up ? pivot : lower_pivot;
+    lower = up ? val : lower;
+    upper_pivot = up ? upper_pivot : pivot;
+    upper = up ? upper : val;
+    pivot += up ? step : -step;
     val = code[pivot];
   }
   if (upper_pivot == 255) upper = code[upper_pivot];
@@ -125,7 +145,10 @@ KBITD_HOST_DEVICE inline int8_t RoundToInt8(float x) {
   return static_cast<int8_t>(__float2int_rn(x));
 #else
   if (!(x == x)) return 0;
-  return static_cast<int8_t>(static_cast<int>(nearbyintf(x)));
+  // Adding and subtracting 1.5 * 2^23 rounds half to even in the default rounding mode, for
+  // |x| < 2^22 (int8 codes are within +-127 * (1 + eps)); larger values go through nearbyintf.
+  if (fabsf(x) >= 0x1p22f) return static_cast<int8_t>(static_cast<int>(nearbyintf(x)));
+  return static_cast<int8_t>(static_cast<int>((x + 0x1.8p23f) - 0x1.8p23f));
 #endif
 }
 

@@ -1,11 +1,13 @@
 #include "quant/int8_rowwise.h"
 
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "quant/blockwise_internal.h"
 #include "quant/encode.h"
+#include "quant/half_convert.h"
 
 namespace kbitd::quant {
 namespace {
@@ -19,9 +21,53 @@ absl::Status CheckMatrix(int64_t rows, int64_t cols, ScalarType type, const char
 }
 
 // bnb converts every LLM.int8() operand to fp16 first (A.to(torch.float16)).
+template <ScalarType kType>
+float LoadAsHalfT(const void* data, int64_t i) {
+  const float v = internal::FloatElem<kType>::Load(data, i);
+  if constexpr (kType == ScalarType::kFloat16) return v;
+  return internal::HalfToFloatInline(internal::FloatToHalfInline(v));
+}
+
 float LoadAsHalf(const void* data, ScalarType type, int64_t i) {
-  const float v = LoadAsFloat(data, type, i);
-  return type == ScalarType::kFloat16 ? v : HalfToFloat(FloatToHalf(v));
+  return internal::DispatchFloat(type,
+                                 [&](auto t) { return LoadAsHalfT<decltype(t)::value>(data, i); });
+}
+
+template <ScalarType kType>
+void QuantizeRowwiseImpl(const void* weight, int64_t rows, int64_t cols, int8_t* cb, float* scb) {
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) {
+      row[c] = LoadAsHalfT<kType>(weight, r * cols + c);
+      const float a = fabsf(row[c]);
+      amax = a > amax ? a : amax;  // NaN ignored, as fmaxf
+    }
+    scb[r] = amax;
+    const float scale = Int8Scale(amax);
+    for (int64_t c = 0; c < cols; ++c) cb[r * cols + c] = RoundToInt8(row[c] * scale);
+  }
+}
+
+// Rows of 512+ values convert the 256 possible outputs once per row.
+template <ScalarType kOut>
+void DequantizeRowwiseImpl(const int8_t* cb, const float* scb, int64_t rows, int64_t cols,
+                           void* output) {
+  using Out = internal::FloatElem<kOut>;
+  using Bits = typename Out::Bits;
+  Bits* out = static_cast<Bits*>(output);
+  Bits table[256];
+  auto value = [&](int64_t r, int code) {
+    return Out::Convert((static_cast<float>(code) * scb[r]) * kInt8DequantScale);
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cols >= 512) {
+      for (int c = -128; c < 128; ++c) table[c + 128] = value(r, c);
+      for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = table[cb[r * cols + c] + 128];
+    } else {
+      for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = value(r, cb[r * cols + c]);
+    }
+  }
 }
 
 }  // namespace
@@ -33,16 +79,8 @@ absl::Status QuantizeRowwiseInt8(const void* weight, ScalarType type, int64_t ro
   KBITD_RETURN_IF_ERROR(internal::CheckPointer(weight, n, "int8 weight input"));
   KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n, "int8 weight output"));
   KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, rows, "int8 SCB output"));
-  for (int64_t r = 0; r < rows; ++r) {
-    float amax = 0.0f;
-    for (int64_t c = 0; c < cols; ++c)
-      amax = fmaxf(amax, fabsf(LoadAsHalf(weight, type, r * cols + c)));
-    scb[r] = amax;
-    const float scale = Int8Scale(amax);
-    for (int64_t c = 0; c < cols; ++c) {
-      cb[r * cols + c] = RoundToInt8(LoadAsHalf(weight, type, r * cols + c) * scale);
-    }
-  }
+  internal::DispatchFloat(
+      type, [&](auto t) { QuantizeRowwiseImpl<decltype(t)::value>(weight, rows, cols, cb, scb); });
   return absl::OkStatus();
 }
 
@@ -53,12 +91,9 @@ absl::Status DequantizeRowwiseInt8(const int8_t* cb, const float* scb, int64_t r
   KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n, "int8 weight"));
   KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, rows, "int8 SCB"));
   KBITD_RETURN_IF_ERROR(internal::CheckPointer(output, n, "int8 dequantization output"));
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const float scaled = static_cast<float>(cb[r * cols + c]) * scb[r];
-      StoreFromFloat(output, output_type, r * cols + c, scaled * kInt8DequantScale);
-    }
-  }
+  internal::DispatchFloat(output_type, [&](auto t) {
+    DequantizeRowwiseImpl<decltype(t)::value>(cb, scb, rows, cols, output);
+  });
   return absl::OkStatus();
 }
 

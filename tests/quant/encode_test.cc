@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
@@ -90,6 +91,31 @@ TEST(EncodeFp4Test, TreeEqualsReferenceOnRandomValues) {
   }
 }
 
+TEST(EncodeCountFormTest, EqualsTreeAtThresholdsAndOnDenseSample) {
+  std::vector<float> xs = {0.0f, -0.0f, kNaN, kInf, -kInf, 1e-40f, -1e-40f};
+  for (uint32_t t : kNf4ThresholdBits) {
+    for (float x = FloatFromBits(t), k = 0; k < 3; ++k, x = std::nextafter(x, kInf)) xs.push_back(x);
+    for (float x = FloatFromBits(t), k = 0; k < 3; ++k, x = std::nextafter(x, -kInf)) xs.push_back(x);
+  }
+  for (uint32_t t : kFp4ThresholdBits) {
+    for (float sign : {1.0f, -1.0f}) {
+      float x = sign * FloatFromBits(t);
+      xs.push_back(x);
+      xs.push_back(std::nextafter(x, kInf));
+      xs.push_back(std::nextafter(x, -kInf));
+    }
+  }
+  // Every float in [-1.5, 1.5] whose low 10 mantissa bits are a fixed pattern (~8M values).
+  for (uint32_t hi = 0; hi < (1u << 22); ++hi) {
+    const float x = FloatFromBits((hi << 10) | 0x155u);
+    if (std::fabs(x) <= 1.5f) xs.push_back(x);
+  }
+  for (float x : xs) {
+    ASSERT_EQ(EncodeNf4Count(x), EncodeNf4(x)) << x;
+    ASSERT_EQ(EncodeFp4Count(x), EncodeFp4(x)) << x;
+  }
+}
+
 TEST(EncodeDynamic8bitTest, MapEntriesAndSpecialValues) {
   const float* code = DynamicMap().data();
   for (int i = 0; i < 256; ++i) EXPECT_EQ(EncodeDynamic8bit(code, code[i]), i) << i;
@@ -125,6 +151,11 @@ TEST(EncodeTest, ReciprocalAndInt8Rounding) {
   EXPECT_EQ(RoundToInt8(127.00001f), 127);
   EXPECT_EQ(RoundToInt8(-127.0f), -127);
   EXPECT_EQ(RoundToInt8(kNaN), 0);
+  EXPECT_EQ(RoundToInt8(0.5f), 0);
+  EXPECT_EQ(RoundToInt8(1.5f), 2);
+  EXPECT_EQ(RoundToInt8(-0.49999997f), 0);
+  EXPECT_EQ(RoundToInt8(126.5f), 126);
+  EXPECT_EQ(RoundToInt8(-126.50001f), -127);
   EXPECT_EQ(Int8Scale(127.0f), 1.0f);
   EXPECT_EQ(FloatBits(kInt8DequantScale), 0x3C010204u);
   EXPECT_EQ(FloatBits(kInt8MatmulDequantScale), 0x38820610u);
