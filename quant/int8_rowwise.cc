@@ -140,59 +140,65 @@ absl::StatusOr<Int8Activations> QuantizeActivationsInt8(const void* x, ScalarTyp
   return out;
 }
 
-absl::Status Int8Linear(const void* x, ScalarType x_type, int64_t m, int64_t k, const int8_t* cb,
-                        const float* scb, int64_t n, const void* bias, float threshold, void* y) {
-  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("int8 linear: n = ", n, " < 0"));
-  KBITD_ASSIGN_OR_RETURN(Int8Activations act, QuantizeActivationsInt8(x, x_type, m, k, threshold));
-  KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n * k, "int8 linear weight"));
-  KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, n, "int8 linear SCB"));
-  KBITD_RETURN_IF_ERROR(internal::CheckPointer(y, m * n, "int8 linear output"));
-  const bool fp16_bias = bias != nullptr && x_type == ScalarType::kFloat16;
-  // Outlier columns of the weight, dequantized and rounded to x's dtype (bnb int8_mixed_scaled_mm:
-  // int8_vectorwise_dequant(CB[:, cols], SCB).to(A.dtype)).
-  const int64_t ncols = static_cast<int64_t>(act.outlier_cols.size());
-  std::vector<float> sub_b(ncols * n);
-  for (int64_t j = 0; j < ncols; ++j) {
-    for (int64_t o = 0; o < n; ++o) {
-      const float w = static_cast<float>(cb[o * k + act.outlier_cols[j]]) * scb[o];
-      float v = w * kInt8DequantScale;
-      if (x_type != ScalarType::kFloat32) {
-        uint16_t bits[1];
-        StoreFromFloat(bits, x_type, 0, v);
-        v = LoadAsFloat(bits, x_type, 0);
-      }
-      sub_b[j * n + o] = v;
-    }
-  }
+absl::Status Int8MatmulDequant(const int8_t* ca, const float* sca, int64_t m, int64_t k,
+                               const int8_t* cb, const float* scb, int64_t n, const void* bias,
+                               ScalarType out_type, void* y) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix(m, k, out_type, "int8 matmul output"));
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("int8 matmul: n = ", n, " < 0"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(ca, m * k, "int8 matmul activations"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(sca, m, "int8 matmul SCA"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(cb, n * k, "int8 matmul weight"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(scb, n, "int8 matmul SCB"));
+  KBITD_RETURN_IF_ERROR(internal::CheckPointer(y, m * n, "int8 matmul output"));
+  const bool fp16_bias = bias != nullptr && out_type == ScalarType::kFloat16;
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t o = 0; o < n; ++o) {
       // Exact int32 dot product (cuBLASLt int8 GEMM).
       int32_t acc = 0;
-      const int8_t* a_row = act.ca.data() + r * k;
+      const int8_t* a_row = ca + r * k;
       const int8_t* b_row = cb + o * k;
       for (int64_t c = 0; c < k; ++c) acc += static_cast<int32_t>(a_row[c]) * b_row[c];
       // kdequant_mm_int32_fp16: fp16(fmaf((C * SCA) * SCB, 1/127^2, bias)), bias fused only when
       // it is fp16; other biases are added to the fp16 result afterwards (out.add_(bias)).
-      const float scaled = (static_cast<float>(acc) * act.sca[r]) * scb[o];
-      const float fused_bias = fp16_bias ? LoadAsFloat(bias, x_type, o) : 0.0f;
+      const float scaled = (static_cast<float>(acc) * sca[r]) * scb[o];
+      const float fused_bias = fp16_bias ? LoadAsFloat(bias, out_type, o) : 0.0f;
       float out = HalfToFloat(FloatToHalf(std::fma(scaled, kInt8MatmulDequantScale, fused_bias)));
       if (bias != nullptr && !fp16_bias) {
-        out = HalfToFloat(FloatToHalf(out + LoadAsFloat(bias, x_type, o)));
+        out = HalfToFloat(FloatToHalf(out + LoadAsFloat(bias, out_type, o)));
       }
-      if (ncols > 0) {
-        // output.addmm(subA, subB) in x's dtype: fp32 accumulation, one rounding at the end.
-        if (x_type != ScalarType::kFloat32) {
-          uint16_t bits[1];
-          StoreFromFloat(bits, x_type, 0, out);
-          out = LoadAsFloat(bits, x_type, 0);
-        }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < ncols; ++j) {
-          sum += LoadAsFloat(x, x_type, r * k + act.outlier_cols[j]) * sub_b[j * n + o];
-        }
-        out = out + sum;
+      StoreFromFloat(y, out_type, r * n + o, out);  // .to(dtype) of the fp16 result
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Int8Linear(const void* x, ScalarType x_type, int64_t m, int64_t k, const int8_t* cb,
+                        const float* scb, int64_t n, const void* bias, float threshold, void* y) {
+  KBITD_ASSIGN_OR_RETURN(Int8Activations act, QuantizeActivationsInt8(x, x_type, m, k, threshold));
+  KBITD_RETURN_IF_ERROR(
+      Int8MatmulDequant(act.ca.data(), act.sca.data(), m, k, cb, scb, n, bias, x_type, y));
+  // Outlier part (bnb int8_mixed_scaled_mm): output.addmm(x[:, cols], subB) with
+  // subB = int8_vectorwise_dequant(CB[:, cols], SCB).to(x.dtype); fp32 sum, one rounding.
+  const int64_t ncols = static_cast<int64_t>(act.outlier_cols.size());
+  if (ncols == 0) return absl::OkStatus();
+  std::vector<float> sub_b(ncols * n);
+  for (int64_t j = 0; j < ncols; ++j) {
+    for (int64_t o = 0; o < n; ++o) {
+      const float w =
+          (static_cast<float>(cb[o * k + act.outlier_cols[j]]) * scb[o]) * kInt8DequantScale;
+      // Round to x's dtype (a no-op for fp32).
+      uint32_t bits = 0;
+      StoreFromFloat(&bits, x_type, 0, w);
+      sub_b[j * n + o] = LoadAsFloat(&bits, x_type, 0);
+    }
+  }
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t o = 0; o < n; ++o) {
+      float sum = 0.0f;
+      for (int64_t j = 0; j < ncols; ++j) {
+        sum += LoadAsFloat(x, x_type, r * k + act.outlier_cols[j]) * sub_b[j * n + o];
       }
-      StoreFromFloat(y, x_type, r * n + o, out);
+      StoreFromFloat(y, x_type, r * n + o, LoadAsFloat(y, x_type, r * n + o) + sum);
     }
   }
   return absl::OkStatus();

@@ -34,6 +34,15 @@ struct Int8Activations {
 absl::StatusOr<Int8Activations> QuantizeActivationsInt8(const void* x, ScalarType type, int64_t m,
                                                         int64_t k, float threshold);
 
+// bnb int8_scaled_mm (int8_linear_matmul + int8_mm_dequant), no outlier part:
+// y[r,o] = out_type(fp16(fmaf((C[r,o] * sca[r]) * scb[o], f32(1/127^2), bias_fp16[o]))) with the
+// exact int32 C = ca[r,:] . cb[o,:]; a bias that is not fp16 is added to the fp16 result (rounded
+// to fp16) instead of being fused. bias (nullable) has out_type. Exposed so that tests can feed
+// bnb's own codes.
+absl::Status Int8MatmulDequant(const int8_t* ca, const float* sca, int64_t m, int64_t k,
+                               const int8_t* cb, const float* scb, int64_t n, const void* bias,
+                               ScalarType out_type, void* y);
+
 // y[m,n] = bnb MatMul8bitLt inference result incl. outlier decomposition, in x's dtype.
 // cb [n, k] int8, scb [n]; bias (nullable) has x's dtype.
 absl::Status Int8Linear(const void* x, ScalarType x_type, int64_t m, int64_t k, const int8_t* cb,

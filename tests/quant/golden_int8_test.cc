@@ -74,7 +74,7 @@ TEST(GoldenInt8Test, ActivationsAndOutlierColumnsMatchBnb) {
 }
 
 TEST(GoldenInt8Test, Linear8bitLtForwardMatchesBnb) {
-  int64_t exact = 0, total = 0;
+  int64_t exact = 0, total = 0, ca_ties = 0, exact_given_codes = 0;
   for (const JsonValue* c : Goldens::Get().CasesOfKind("linear8bit")) {
     const std::string name = c->Find("name")->string_value();
     SCOPED_TRACE(name);
@@ -138,7 +138,35 @@ TEST(GoldenInt8Test, Linear8bitLtForwardMatchesBnb) {
       EXPECT_TRUE(explained) << "element " << i << ": kbitd " << got << " bnb " << want[i]
                              << " bound " << bound;
     }
+    // bnb's own activation codes: SCA identical, codes differ only at ties; fed with bnb's codes,
+    // the int8 matmul + dequant reproduces bnb bit for bit (threshold 0: the whole output).
+    EXPECT_EQ(scb, LoadTensor(*c, "scb").As<float>());
+    const std::vector<int8_t> bnb_ca = LoadTensor(*c, "ca").As<int8_t>();
+    const std::vector<float> bnb_sca = LoadTensor(*c, "sca").As<float>();
+    EXPECT_EQ(act->sca, bnb_sca);
+    for (int64_t i = 0; i < m * k; ++i) {
+      if (act->ca[i] != bnb_ca[i]) {
+        ++ca_ties;
+        EXPECT_TRUE(RoundsNearby(HalfValue(xf[i]) * Int8Scale(act->sca[i / k]), bnb_ca[i])) << i;
+      }
+    }
+    if (threshold == 0.0f) {
+      std::vector<uint8_t> y2(m * n * ScalarTypeSize(dtype));
+      ASSERT_TRUE(Int8MatmulDequant(bnb_ca.data(), bnb_sca.data(), m, k, cb.data(), scb.data(), n,
+                                    bias.bytes.data(), dtype, y2.data())
+                      .ok());
+      EXPECT_EQ(y2, LoadTensor(*c, "y_cuda").bytes) << "given bnb's codes";
+      ++exact_given_codes;
+    }
     if (golden::HasTensor(*c, "c_int32")) {
+      const std::vector<int32_t> c32 = LoadTensor(*c, "c_int32").As<int32_t>();
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t o = 0; o < n; ++o) {
+          int32_t acc = 0;
+          for (int64_t j = 0; j < k; ++j) acc += bnb_ca[r * k + j] * cb[o * k + j];
+          ASSERT_EQ(acc, c32[r * n + o]) << "cuBLASLt int8 GEMM is exact";
+        }
+      }
       // bnb's CPU int8_mm_dequant multiplies by 6.200124e-05 instead of f32(1/16129).
       const std::vector<float> cpu = LoadTensor(*c, "y_cpu_mm_dequant").Floats();
       int64_t differ = 0;
@@ -147,6 +175,8 @@ TEST(GoldenInt8Test, Linear8bitLtForwardMatchesBnb) {
                 << m * n << " outputs\n";
     }
   }
+  EXPECT_EQ(exact_given_codes, 6);
+  std::cout << "Linear8bitLt: " << ca_ties << " activation codes differ from bnb at .5 ties\n";
   std::cout << "Linear8bitLt: " << exact << " of " << total
             << " outputs bit-identical to bnb CUDA\n";
 }

@@ -195,12 +195,12 @@ def int8_weights_and_activations():
                       "outlier_cols": cols if cols is not None else torch.empty(0, dtype=torch.int64)})
 
 
-def cpu_mm_dequant(x, lin, bias):
+def cpu_mm_dequant(x, cb, scb, bias):
     """bnb CPU/default int8_mm_dequant (constant 6.200124e-05) on bnb's CUDA codes."""
     ca, sca, _ = F.int8_vectorwise_quant(x.to(DEV).to(torch.float16))
-    c32 = F.int8_linear_matmul(ca, lin.weight.data)
+    c32 = F.int8_linear_matmul(ca, cb)
     y = torch.ops.bitsandbytes.int8_mm_dequant.default(
-        c32.cpu(), sca.cpu(), lin.weight.SCB.cpu(), dtype=torch.float16, bias=bias)
+        c32.cpu(), sca.cpu(), scb.cpu(), dtype=torch.float16, bias=bias)
     return {"c_int32": c32, "y_cpu_mm_dequant": y}
 
 
@@ -228,13 +228,17 @@ def linear8bit_case(w, b, k, n_out, dtype, thr, m, g):
     x = x.to(dtype)
     with torch.no_grad():
         y = lin(x.to(DEV))
-    t = {"input": x, "bias": b.to(dtype), "cb": lin.weight.data,
-         "scb": lin.weight.SCB, "y_cuda": y}
+    # After the first forward bnb keeps CB/SCB in the layer's MatmulLtState.
+    cb = lin.state.CB if lin.state.CB is not None else lin.weight.data
+    scb = lin.state.SCB if lin.state.SCB is not None else lin.weight.SCB
+    ca, sca, _ = F.int8_vectorwise_quant(x.to(DEV).to(torch.float16), threshold=thr)
+    t = {"input": x, "bias": b.to(dtype), "cb": cb, "scb": scb, "ca": ca, "sca": sca,
+         "y_cuda": y}
     if m == 7 and thr == 6.0:
         t["weight"] = w.to(dtype)
     name = f"lin8_{DT_NAME[dtype]}_t{int(thr)}_m{m}"
     if dtype == torch.float16 and thr == 0.0:
-        t.update(optional(lambda: cpu_mm_dequant(x, lin, b.to(dtype))))
+        t.update(optional(lambda: cpu_mm_dequant(x, cb, scb, b.to(dtype))))
     if dtype == torch.float16 and thr == 0.0 and m == 7:
         sd = {k2: v.detach().cpu().contiguous() for k2, v in lin.state_dict().items()}
         save_state_dict("sd_linear8bitlt_fp16", sd)
