@@ -110,6 +110,39 @@ TEST(QuantStateTest, QuantizingTheWeightReproducesBnbStateDict) {
   ExpectSameStateDict(*written, LoadStateDict("sd_linear4bit_nf4_fp16", false));
 }
 
+TEST(QuantStateTest, QuantStorageReinterpretsTheSameBytesLikeBnb) {
+  for (const JsonValue* c : Goldens::Get().CasesOfKind("quant_storage")) {
+    SCOPED_TRACE(c->Find("name")->string_value());
+    const golden::Tensor packed = LoadTensor(*c, "packed");
+    const golden::Tensor packed_u8 = LoadTensor(*c, "packed_uint8");
+    EXPECT_EQ(packed.bytes, packed_u8.bytes);  // bnb writes raw bytes whatever the storage dtype
+    QuantState state;
+    state.type = QuantType::kNf4;
+    state.shape = {c->Find("n")->integer_value()};
+    state.dtype = ScalarType::kBFloat16;
+    state.quant_storage = *ScalarTypeFromTorchName(c->Find("storage")->string_value());
+    state.data = packed_u8.bytes;
+    state.absmax.assign(NumBlocks(state.numel(), 64), 1.0f);
+    auto written = ToStateDict(state, kPrefix);
+    ASSERT_TRUE(written.ok()) << written.status();
+    EXPECT_EQ((*written)[0].dtype, packed.dtype);
+    EXPECT_EQ((*written)[0].shape, packed.shape);
+    EXPECT_EQ((*written)[0].bytes, packed.bytes);
+    auto read = FromStateDict(*written, kPrefix);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(read->quant_storage, state.quant_storage);
+    EXPECT_EQ(read->data, state.data);
+  }
+  // n whose packed bytes do not fill whole fp32 elements: bnb would overrun, kbitd refuses.
+  QuantState odd;
+  odd.shape = {6};
+  odd.quant_storage = ScalarType::kFloat32;
+  odd.data.resize(3);
+  odd.absmax = {1.0f};
+  EXPECT_THAT(std::string(ToStateDict(odd, kPrefix).status().message()),
+              HasSubstr("not a multiple of 4"));
+}
+
 TEST(QuantStateTest, JsonMatchesPythonJsonDumps) {
   QuantState state;
   state.type = QuantType::kFp4;
