@@ -44,6 +44,18 @@ std::vector<float> AsFloats(const std::vector<uint8_t>& bytes, ScalarType type, 
   return out;
 }
 
+// The per-element explanation accepts only threshold neighbours, so the golden checks can fail.
+TEST(GoldenBlockwiseTest, MismatchExplanationAcceptsOnlyNearThresholdValues) {
+  const float t7 = FloatFromBits(kNf4ThresholdBits[7]);
+  EXPECT_TRUE(EncodesNearby(t7, 2, 8, [](float v) { return EncodeNf4(v); }));
+  EXPECT_TRUE(EncodesNearby(std::nextafter(t7, 1.0f), 2, 7, [](float v) { return EncodeNf4(v); }));
+  const float far = std::nextafter(std::nextafter(std::nextafter(t7, 1.0f), 1.0f), 1.0f);
+  EXPECT_FALSE(EncodesNearby(far, 2, 7, [](float v) { return EncodeNf4(v); }));
+  EXPECT_FALSE(EncodesNearby(0.5f, 2, 15, [](float v) { return EncodeNf4(v); }));
+  EXPECT_TRUE(EncodesNearby(2.5f, 2, 3, [](float v) { return RoundToInt8(v); }));
+  EXPECT_FALSE(EncodesNearby(2.4f, 2, 3, [](float v) { return RoundToInt8(v); }));
+}
+
 TEST(GoldenBlockwiseTest, ManifestIsFromBitsandbytes0502) {
   const JsonValue& m = Goldens::Get().manifest();
   EXPECT_EQ(m.Find("bitsandbytes")->string_value(), "0.50.2");
