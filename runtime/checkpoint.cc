@@ -170,6 +170,10 @@ absl::StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
   return location->shard->View(*location->info);
 }
 
+void Checkpoint::DropPages(std::string_view name) const {
+  if (const Location* location = Locate(name)) location->shard->DropPages(*location->info);
+}
+
 uint64_t Checkpoint::TotalBytes() const {
   uint64_t total = 0;
   for (const auto& [name, location] : tensors_) total += location.info->size_bytes();

@@ -40,6 +40,9 @@ class Checkpoint {
   absl::StatusOr<TensorView> Get(std::string_view name) const;
   // Total bytes of all tensors.
   uint64_t TotalBytes() const;
+  // Releases the resident pages of a tensor that has been consumed (see MappedFile::DropPages);
+  // a streaming reader calls it to keep memory near one tensor. Unknown names are ignored.
+  void DropPages(std::string_view name) const;
 
  private:
   struct Location {

@@ -103,6 +103,7 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
       }
       KBITD_RETURN_IF_ERROR(writer->BeginGroup(buffer.size()));
       KBITD_RETURN_IF_ERROR(writer->Add(item.name, dtype, state.shape, buffer));
+      for (const std::string& name : item.module->tensors) checkpoint->DropPages(name);
       ++summary.converted;
     } else {
       KBITD_ASSIGN_OR_RETURN(TensorView view, checkpoint->Get(item.name));
@@ -121,6 +122,7 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
       } else {
         KBITD_RETURN_IF_ERROR(writer->Add(item.name, view.dtype, shape, view.data));
       }
+      checkpoint->DropPages(item.name);
       ++summary.copied;
     }
     ++progress.done;
