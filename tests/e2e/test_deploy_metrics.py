@@ -98,6 +98,8 @@ class Daemon:
             if status == health_pb2.HealthCheckResponse.SERVING:
                 return
             assert self.proc.poll() is None, "kbitd exited:\n" + self.output()
+            # A configured model that failed to load never becomes ready: say why at once.
+            assert not any("preloading:" in line for line in self.lines), self.output()
             time.sleep(0.2)
         raise AssertionError(f"health service {service!r} not SERVING after {READY_TIMEOUT_S} s "
                              f"(last: {status}):\n{self.output()}")
