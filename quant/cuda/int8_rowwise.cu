@@ -1,0 +1,170 @@
+#include "quant/cuda/int8_rowwise.h"
+
+#include <cuda_fp16.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "quant/blockwise_internal.h"
+#include "quant/cuda/cuda_check.h"
+#include "quant/cuda/elements.cuh"
+#include "quant/encode.h"
+
+namespace kbitd::quant::cuda {
+namespace {
+
+using internal::F16;
+using internal::IsAligned;
+using internal::Vec;
+
+// One CTA per row (bnb kInt8VectorQuant also gives each row one block); 16 values per vector step.
+inline constexpr int kRowThreads = 256;
+inline constexpr int kVec = 16;
+
+// bnb converts the weight to fp16 first (A.to(torch.float16)), even for bf16 / fp32 weights.
+template <typename In>
+__device__ __forceinline__ float AsHalf(typename In::Storage v) {
+  const float f = In::Load(v);
+  if constexpr (In::kType == ScalarType::kFloat16) {
+    return f;
+  } else {
+    return __half2float(__float2half_rn(f));
+  }
+}
+
+__device__ float RowMax(float v) {
+  __shared__ float warp_max[kRowThreads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  }
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = warp_max[0];
+  for (int w = 1; w < kRowThreads / 32; ++w) v = fmaxf(v, warp_max[w]);
+  return v;
+}
+
+// Pass 1 reads the row with cached loads so that pass 2 (streaming) finds it in L2.
+template <typename In>
+__global__ void __launch_bounds__(kRowThreads)
+    QuantizeRowwiseKernel(const void* weight, int64_t cols, int8_t* cb, float* scb,
+                          bool vectorized) {
+  using T = typename In::Storage;
+  const int64_t row = blockIdx.x;
+  const T* src = static_cast<const T*>(weight) + row * cols;
+  int8_t* dst = cb + row * cols;
+  float amax = 0.0f;
+  if (vectorized) {
+    for (int64_t c0 = int64_t{threadIdx.x} * kVec; c0 < cols; c0 += int64_t{kRowThreads} * kVec) {
+      Vec<T, kVec> v;
+#pragma unroll
+      for (int i = 0; i < static_cast<int>(sizeof(v.v) / 16); ++i) {
+        v.v[i] = __ldg(reinterpret_cast<const uint4*>(src + c0) + i);
+      }
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) amax = fmaxf(amax, fabsf(AsHalf<In>(v.e[i])));
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += kRowThreads) {
+      amax = fmaxf(amax, fabsf(AsHalf<In>(src[c])));
+    }
+  }
+  amax = RowMax(amax);
+  if (threadIdx.x == 0) scb[row] = amax;
+  const float scale = Int8Scale(amax);
+  if (vectorized) {
+    for (int64_t c0 = int64_t{threadIdx.x} * kVec; c0 < cols; c0 += int64_t{kRowThreads} * kVec) {
+      Vec<T, kVec> v;
+      internal::LoadVec(src + c0, v);
+      Vec<int8_t, kVec> q;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) q.e[i] = RoundToInt8(__fmul_rn(AsHalf<In>(v.e[i]), scale));
+      internal::StoreVec(dst + c0, q);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += kRowThreads) {
+      dst[c] = RoundToInt8(__fmul_rn(AsHalf<In>(src[c]), scale));
+    }
+  }
+}
+
+template <typename Out>
+__global__ void __launch_bounds__(kRowThreads)
+    DequantizeRowwiseKernel(const int8_t* cb, const float* scb, int64_t cols, void* output,
+                            bool vectorized) {
+  using T = typename Out::Storage;
+  const int64_t row = blockIdx.x;
+  const int8_t* src = cb + row * cols;
+  T* dst = static_cast<T*>(output) + row * cols;
+  const float s = scb[row];
+  // cb * scb is NaN only for a non-finite scb: then reproduce the host's NaN bits (HostMul; a NaN
+  // operand of the second multiply must come out unchanged too).
+  const bool fast = isfinite(s);
+  if (vectorized) {
+    for (int64_t c0 = int64_t{threadIdx.x} * kVec; c0 < cols; c0 += int64_t{kRowThreads} * kVec) {
+      Vec<int8_t, kVec> q;
+      internal::LoadVec(src + c0, q);
+      Vec<T, kVec> out;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const float v = static_cast<float>(q.e[i]);
+        out.e[i] = Out::Store(fast ? __fmul_rn(__fmul_rn(v, s), kInt8DequantScale)
+                                   : internal::HostMul(internal::HostMul(v, s), kInt8DequantScale));
+      }
+      internal::StoreVec(dst + c0, out);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += kRowThreads) {
+      dst[c] = Out::Store(internal::HostMul(internal::HostMul(static_cast<float>(src[c]), s),
+                                            kInt8DequantScale));
+    }
+  }
+}
+
+absl::Status CheckMatrix(int64_t rows, int64_t cols, ScalarType type, const char* what) {
+  if (rows < 0 || cols < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": shape [", rows, ", ", cols, "] must not be negative"));
+  }
+  if (rows > 0x7FFFFFFF) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", rows, " rows are too many"));
+  }
+  return quant::internal::CheckFloatType(type, what);
+}
+
+}  // namespace
+
+absl::Status QuantizeRowwiseInt8(const void* weight, ScalarType type, int64_t rows, int64_t cols,
+                                 int8_t* cb, float* scb, void* stream) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix(rows, cols, type, "int8 weight"));
+  const int64_t n = rows * cols;
+  KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(weight, n, "int8 weight input"));
+  KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(cb, n, "int8 weight output"));
+  KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(scb, rows, "int8 SCB output"));
+  if (rows == 0) return absl::OkStatus();
+  const bool vectorized = cols % kVec == 0 && IsAligned(weight, 16) && IsAligned(cb, 16);
+  return internal::DispatchElem(type, [&](auto in) {
+    QuantizeRowwiseKernel<decltype(in)><<<static_cast<unsigned>(rows), kRowThreads, 0,
+                                          AsCudaStream(stream)>>>(weight, cols, cb, scb,
+                                                                  vectorized);
+    return LaunchStatus("QuantizeRowwiseInt8");
+  });
+}
+
+absl::Status DequantizeRowwiseInt8(const int8_t* cb, const float* scb, int64_t rows, int64_t cols,
+                                   ScalarType output_type, void* output, void* stream) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix(rows, cols, output_type, "int8 dequantization output"));
+  const int64_t n = rows * cols;
+  KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(cb, n, "int8 weight"));
+  KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(scb, rows, "int8 SCB"));
+  KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(output, n, "int8 dequantization output"));
+  if (rows == 0 || cols == 0) return absl::OkStatus();
+  const bool vectorized = cols % kVec == 0 && IsAligned(cb, 16) && IsAligned(output, 16);
+  return internal::DispatchElem(output_type, [&](auto out) {
+    DequantizeRowwiseKernel<decltype(out)><<<static_cast<unsigned>(rows), kRowThreads, 0,
+                                             AsCudaStream(stream)>>>(cb, scb, cols, output,
+                                                                     vectorized);
+    return LaunchStatus("DequantizeRowwiseInt8");
+  });
+}
+
+}  // namespace kbitd::quant::cuda
