@@ -102,10 +102,11 @@ struct Metrics::Families {
                         .Name("kbitd_quantization_saved_bytes")
                         .Help("Bytes saved by quantization against fp16")
                         .Register(r)),
-        bits_per_parameter(prometheus::BuildGauge()
-                               .Name("kbitd_model_bits_per_parameter")
-                               .Help("Weight bits per parameter, statistics included")
-                               .Register(r)),
+        bytes_per_parameter(prometheus::BuildGauge()
+                                .Name("kbitd_model_weight_bytes_per_parameter")
+                                .Help("Weight bytes per parameter, quantization statistics "
+                                      "included (x8 = bits per parameter)")
+                                .Register(r)),
         memory(prometheus::BuildGauge()
                    .Name("kbitd_memory_bytes")
                    .Help("Bytes held per device, model and category")
@@ -137,7 +138,7 @@ struct Metrics::Families {
   prometheus::Family<prometheus::Gauge>& weight_bytes;
   prometheus::Family<prometheus::Gauge>& fp16_weight_bytes;
   prometheus::Family<prometheus::Gauge>& saved_bytes;
-  prometheus::Family<prometheus::Gauge>& bits_per_parameter;
+  prometheus::Family<prometheus::Gauge>& bytes_per_parameter;
   prometheus::Family<prometheus::Gauge>& memory;
   prometheus::Family<prometheus::Gauge>& device_memory;
   prometheus::Family<prometheus::Gauge>& models;
@@ -205,7 +206,7 @@ const ModelMetrics& Metrics::ForModel(const std::string& model) {
   m.weight_bytes = &f.weight_bytes.Add(labels);
   m.fp16_weight_bytes = &f.fp16_weight_bytes.Add(labels);
   m.saved_bytes = &f.saved_bytes.Add(labels);
-  m.bits_per_parameter = &f.bits_per_parameter.Add(labels);
+  m.bytes_per_parameter = &f.bytes_per_parameter.Add(labels);
   return m;
 }
 
@@ -217,14 +218,14 @@ void Metrics::ModelLoaded(const std::string& model, double load_seconds, int64_t
   m.weight_bytes->Set(static_cast<double>(weight_bytes));
   m.fp16_weight_bytes->Set(static_cast<double>(fp16_weight_bytes));
   m.saved_bytes->Set(static_cast<double>(fp16_weight_bytes - weight_bytes));
-  m.bits_per_parameter->Set(parameters > 0 ? 8.0 * weight_bytes / parameters : 0.0);
+  m.bytes_per_parameter->Set(parameters > 0 ? static_cast<double>(weight_bytes) / parameters : 0.0);
 }
 
 void Metrics::ModelUnloaded(const std::string& model) {
   const ModelMetrics& m = ForModel(model);
   for (prometheus::Gauge* gauge :
        {m.queue_requests, m.running_requests, m.kv_cache_usage, m.parameters, m.weight_bytes,
-        m.fp16_weight_bytes, m.saved_bytes, m.bits_per_parameter}) {
+        m.fp16_weight_bytes, m.saved_bytes, m.bytes_per_parameter}) {
     gauge->Set(0);
   }
 }

@@ -54,7 +54,7 @@ struct ModelMetrics {
   prometheus::Gauge* weight_bytes;
   prometheus::Gauge* fp16_weight_bytes;
   prometheus::Gauge* saved_bytes;
-  prometheus::Gauge* bits_per_parameter;
+  prometheus::Gauge* bytes_per_parameter;
 
   void CountRequest(RequestOutcome outcome) const;
 };
