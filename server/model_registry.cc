@@ -176,6 +176,9 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
     load.observer = options_.metrics;
     KBITD_ASSIGN_OR_RETURN(std::shared_ptr<runtime::Model> model, runtime::LoadModel(load));
+    if (model->tokenizer() == nullptr) {
+      return absl::FailedPreconditionError("the checkpoint has no usable tokenizer.json");
+    }
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
                            runtime::Engine::Create(model, options_.engine));
     auto result = std::make_shared<ServedModel>();
