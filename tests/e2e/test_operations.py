@@ -1,0 +1,105 @@
+"""Operations: queue overflow, a real Prometheus scraping /metrics, promtool lint, SIGTERM drain."""
+
+import concurrent.futures
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import grpc
+import pytest
+
+from conftest import Daemon, requires_kbitd
+from test_generate import generate
+
+pytestmark = requires_kbitd
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(d):
+    return urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5).read()
+
+
+def test_queue_overflow_is_resource_exhausted(model_root, pb):
+    d = Daemon(model_root, pb, yaml_extra=(
+        "limits:\n  max_queue: 2\n  max_batch_size: 1\n  max_batch_tokens: 64\n"
+        "  prefill_chunk_tokens: 64\n"))
+    try:
+        def one(_):
+            try:
+                return len(generate(d, "while True:", max_new_tokens=60)[0])
+            except grpc.RpcError as e:
+                return e.code()
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(one, range(12)))
+        rejected = [r for r in results if r == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        served = [r for r in results if isinstance(r, int)]
+        assert rejected and served, results
+        assert len(rejected) + len(served) == 12, results
+        text = scrape(d).decode()
+        assert 'kbitd_requests_total{model="tiny",outcome="rejected"} %d' % len(rejected) in text
+        assert generate(d, "ok", max_new_tokens=2)[0]  # serving again once the queue drained
+    finally:
+        assert d.stop() == 0
+
+
+def test_prometheus_scrapes_and_promtool_passes(daemon, tmp_path):
+    for _ in range(3):
+        generate(daemon, "def f():", max_new_tokens=4)
+    exposition = scrape(daemon)
+    lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kbitd\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{daemon.metrics_port}']\n")
+    prometheus = subprocess.Popen(
+        [shutil.which("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = "sum(kbitd_requests_total{model=\"tiny\",outcome=~\"length|stop\"})"
+        url = f"http://127.0.0.1:{port}/api/v1/query?query=" + urllib.parse.quote(query)
+        deadline = time.time() + 60
+        value = None
+        while time.time() < deadline:
+            try:
+                body = json.load(urllib.request.urlopen(url, timeout=2))
+                if body["data"]["result"]:
+                    value = float(body["data"]["result"][0]["value"][1])
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        assert value is not None and value >= 3
+        ttft = "kbitd_time_to_first_token_seconds_count{model=\"tiny\"}"
+        body = json.load(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/v1/query?query=" + urllib.parse.quote(ttft), timeout=2))
+        assert float(body["data"]["result"][0]["value"][1]) >= 3
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def test_sigterm_drains_in_flight_streams_and_exits_zero(model_root, pb):
+    d = Daemon(model_root, pb)
+    pbi = pb.inference
+    request = pbi.GenerateRequest(model="tiny", prompt=b"x", max_new_tokens=1000,
+                                  sampling=pbi.SamplingParams(temperature=0))
+    stream = d.inference.Generate(request, timeout=60)
+    first = next(stream)
+    d.proc.send_signal(signal.SIGTERM)
+    rest = list(stream)  # the in-flight stream completes within the grace period
+    assert len(first.token_ids) + sum(len(r.token_ids) for r in rest) == 1000
+    assert rest[-1].finish_reason == pbi.FINISH_REASON_LENGTH
+    assert d.proc.wait(timeout=30) == 0
