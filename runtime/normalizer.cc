@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "runtime/unicode_normalization.h"
 #include "runtime/unicode_tables.h"
 #include "runtime/utf8.h"
 
@@ -34,14 +35,17 @@ absl::Status Normalizer::Add(const JsonValue& json, std::string_view path) {
     KBITD_ASSIGN_OR_RETURN(tj::Pattern pattern, tj::ReadPattern(json, path));
     KBITD_ASSIGN_OR_RETURN(step.pattern, TextPattern::Create(pattern, path));
     KBITD_ASSIGN_OR_RETURN(step.content, tj::String(json, "content", path, ""));
+  } else if (type == "NFC" || type == "NFD") {
+    step.kind = type == "NFC" ? Step::kNfc : Step::kNfd;
   } else if (type == "Strip") {
     step.kind = Step::kStrip;
     KBITD_ASSIGN_OR_RETURN(step.strip_left, tj::Bool(json, "strip_left", path, true));
     KBITD_ASSIGN_OR_RETURN(step.strip_right, tj::Bool(json, "strip_right", path, true));
   } else {
-    return tj::FieldError(tj::Child(path, "type"),
-                          absl::StrCat("unsupported normalizer \"", type,
-                                       "\" (supported: Sequence, Prepend, Replace, Strip)"));
+    return tj::FieldError(
+        tj::Child(path, "type"),
+        absl::StrCat("unsupported normalizer \"", type,
+                     "\" (supported: Sequence, Prepend, Replace, Strip, NFC, NFD)"));
   }
   steps_.push_back(std::move(step));
   return absl::OkStatus();
@@ -70,6 +74,12 @@ std::string Normalizer::Normalize(std::string_view text) const {
         current = std::move(out);
         break;
       }
+      case Step::kNfc:
+        current = NormalizeNfc(current);
+        break;
+      case Step::kNfd:
+        current = NormalizeNfd(current);
+        break;
       case Step::kStrip: {
         // Strips White_Space code points (Rust's char::is_whitespace) from either end.
         size_t begin = 0, end = current.size();

@@ -1,6 +1,6 @@
 // tokenizer.json "normalizer": the subset LLM tokenizers use — Sequence, Prepend (Llama 2's "▁"),
-// Replace with a String or Regex pattern, Strip. Unicode normalization forms (NFC, NFKC, ...),
-// Lowercase, BertNormalizer and Precompiled are rejected with an error naming the field.
+// Replace with a String or Regex pattern, Strip, NFC (Qwen2) and NFD. NFKC/NFKD, Lowercase,
+// BertNormalizer and Precompiled are rejected with an error naming the field.
 // Semantics follow tokenizers/src/normalizers/ (Prepend only touches non-empty strings).
 // Thread-safe: const after creation.
 #pragma once
@@ -25,7 +25,7 @@ class Normalizer {
 
  private:
   struct Step {
-    enum Kind { kPrepend, kReplace, kStrip } kind;
+    enum Kind { kPrepend, kReplace, kStrip, kNfc, kNfd } kind;
     std::string content;                 // kPrepend: prefix; kReplace: replacement
     std::optional<TextPattern> pattern;  // kReplace
     bool strip_left = false, strip_right = false;

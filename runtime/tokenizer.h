@@ -5,8 +5,9 @@
 //  - SentencePiece-style BPE (Llama 2, Mistral style): Metaspace pre-tokenizer or the
 //    Prepend("▁") + Replace(" ", "▁") normalizer, byte_fallback, decoders Replace / ByteFallback /
 //    Fuse / Strip / Metaspace;
+//  - normalizers Sequence / Prepend / Replace / Strip / NFC (Qwen2) / NFD;
 //  - added and special tokens (lstrip, rstrip, single_word, normalized), TemplateProcessing.
-// Unsupported components (other models, NFC-style normalizers, ...) fail to load with an error
+// Unsupported components (other models, NFKC, Lowercase, ...) fail to load with an error
 // naming the tokenizer.json field. Encode takes UTF-8 text and rejects invalid UTF-8 (the
 // reference library only accepts Unicode strings). Decode rejects ids outside the vocabulary
 // (tokenizers silently drops them). See runtime/streaming_decoder.h for incremental decoding.

@@ -76,6 +76,30 @@ struct CategoryRange {
 };
 extern const CategoryRange kCategoryRanges[];
 extern const size_t kCategoryRangeCount;
+
+// Canonical normalization data (see runtime/unicode_normalization.h).
+struct CombiningClassRange {
+  uint32_t first;
+  uint32_t last;
+  uint8_t combining_class;
+};
+struct Decomposition {
+  uint32_t code_point;
+  uint16_t offset;  // into kDecompositionData
+  uint8_t length;
+};
+struct Composition {
+  uint32_t first;
+  uint32_t second;
+  uint32_t composite;
+};
+extern const CombiningClassRange kCombiningClassRanges[];
+extern const size_t kCombiningClassRangeCount;
+extern const char32_t kDecompositionData[];
+extern const Decomposition kDecompositions[];
+extern const size_t kDecompositionCount;
+extern const Composition kCompositions[];  // sorted by (first, second)
+extern const size_t kCompositionCount;
 }  // namespace internal
 
 }  // namespace kbitd::runtime

@@ -38,7 +38,8 @@ def variants():
     v = copy.deepcopy(llama3)
     v["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": QWEN2_PATTERN}
     v["model"]["ignore_merges"] = False
-    out.append(("qwen2_regex", v))
+    v["normalizer"] = {"type": "NFC"}  # as Qwen2's tokenizer.json has
+    out.append(("qwen2_regex_nfc", v))
     for scheme in ["first", "always", "never"]:
         for split in [True, False]:
             v = copy.deepcopy(llama2)
@@ -81,6 +82,12 @@ def corpus():
                              for _ in range(rng.randint(1, 20))))
     for _ in range(150):
         lines.append(random_unicode(rng, rng.randint(1, 40)))
+    marks = [chr(c) for c in range(0x300, 0x370)] + ["\u093c", "\u05b0", "\u0f71", "\u302a"]
+    bases = list("aeiouAEOnsczAE") + ["\u1100", "\u1161", "\u11a8", "\uac00", "\u0915", "\u212b",
+                                      "\u0958", "\u1e9b", "\u03d2", "\u0f40", "\u05d0"]
+    for _ in range(60):  # canonical composition, reordering, exclusions, Hangul
+        lines.append("".join(rng.choice(bases if rng.random() < 0.5 else marks)
+                             for _ in range(rng.randint(1, 12))))
     for _ in range(30):
         digits = "".join(rng.choice("0123456789 ,.") for _ in range(rng.randint(1, 30)))
         lines.append(digits)
@@ -168,10 +175,10 @@ def test_invalid_ids_are_rejected():
 
 def test_unsupported_component_names_the_field(tmp_path):
     spec = load("llama3_regex")
-    spec["normalizer"] = {"type": "NFC"}
+    spec["normalizer"] = {"type": "NFKC"}
     path = str(tmp_path / "tokenizer.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
     proc = subprocess.run([CLI, "--tokenizer", path], input="", capture_output=True, text=True)
     assert proc.returncode == 1
-    assert "normalizer.type" in proc.stderr and "NFC" in proc.stderr
+    assert "normalizer.type" in proc.stderr and "NFKC" in proc.stderr

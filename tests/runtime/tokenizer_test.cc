@@ -193,8 +193,8 @@ std::string LoadError(const std::string& name, const std::string& key, const std
 }
 
 TEST(TokenizerTest, UnsupportedComponentsNameTheField) {
-  EXPECT_THAT(LoadError("llama3_regex", "normalizer", R"({"type": "NFC"})"),
-              HasSubstr("normalizer.type: unsupported normalizer \"NFC\""));
+  EXPECT_THAT(LoadError("llama3_regex", "normalizer", R"({"type": "NFKC"})"),
+              HasSubstr("normalizer.type: unsupported normalizer \"NFKC\""));
   EXPECT_THAT(LoadError("llama3_regex", "pre_tokenizer",
                         R"({"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}]})"),
               HasSubstr("pre_tokenizer.pretokenizers[0].type: unsupported pre_tokenizer"));

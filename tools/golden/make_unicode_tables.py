@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Generates runtime/unicode_tables.cc: Unicode general categories as sorted code point ranges.
+"""Generates runtime/unicode_tables.cc: Unicode general categories as sorted code point ranges,
+and the canonical normalization data NFC needs (combining classes, full canonical
+decompositions, primary composites; Hangul syllables are algorithmic and left out).
 
 Hugging Face `tokenizers` matches its split regexes with Oniguruma, whose tables are Unicode 16.0,
 so this script reads the Unicode 16.0 database through the `unicodedata2` backport
@@ -30,6 +32,41 @@ def ranges():
             if current != "Cn":
                 out.append((start, cp - 1, current))
             start, current = cp, cat
+    return out
+
+
+def normalization_tables():
+    """(ccc ranges, decompositions {cp: [cps]}, compositions [(first, second, composite)])."""
+    ccc_ranges = []
+    for cp in range(0x110000):
+        c = unicodedata.combining(chr(cp))
+        if c and ccc_ranges and ccc_ranges[-1][1] == cp - 1 and ccc_ranges[-1][2] == c:
+            ccc_ranges[-1][1] = cp
+        elif c:
+            ccc_ranges.append([cp, cp, c])
+    decomps, comps = {}, []
+    for cp in range(0x110000):
+        if 0xAC00 <= cp <= 0xD7A3 or 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        nfd = unicodedata.normalize("NFD", ch)
+        if nfd != ch:
+            decomps[cp] = [ord(c) for c in nfd]
+        raw = unicodedata.decomposition(ch)
+        if raw and not raw.startswith("<"):
+            parts = [int(x, 16) for x in raw.split()]
+            # A primary composite: a two-character canonical mapping that NFC keeps composed
+            # (this excludes Full_Composition_Exclusion code points).
+            if len(parts) == 2 and unicodedata.normalize("NFC", ch) == ch:
+                comps.append((parts[0], parts[1], cp))
+    comps.sort()
+    return ccc_ranges, decomps, comps
+
+
+def rows(items, per_row):
+    out = []
+    for i in range(0, len(items), per_row):
+        out.append("    " + " ".join(items[i:i + per_row]))
     return out
 
 
@@ -71,11 +108,28 @@ def main():
             row = []
     if row:
         lines.append("    " + " ".join(row))
-    lines += ["};", f"const size_t kCategoryRangeCount = {len(rs)};", "",
+    lines += ["};", f"const size_t kCategoryRangeCount = {len(rs)};", ""]
+    ccc_ranges, decomps, comps = normalization_tables()
+    lines.append("const CombiningClassRange kCombiningClassRanges[] = {")
+    lines += rows([f"{{0x{a:X}, 0x{b:X}, {c}}}," for a, b, c in ccc_ranges], 4)
+    lines += ["};", f"const size_t kCombiningClassRangeCount = {len(ccc_ranges)};", ""]
+    data, entries = [], []
+    for cp in sorted(decomps):
+        entries.append(f"{{0x{cp:X}, {len(data)}, {len(decomps[cp])}}},")
+        data += decomps[cp]
+    lines.append("const char32_t kDecompositionData[] = {")
+    lines += rows([f"0x{c:X}," for c in data], 10)
+    lines += ["};", "const Decomposition kDecompositions[] = {"]
+    lines += rows(entries, 4)
+    lines += ["};", f"const size_t kDecompositionCount = {len(entries)};", ""]
+    lines.append("const Composition kCompositions[] = {")
+    lines += rows([f"{{0x{a:X}, 0x{b:X}, 0x{c:X}}}," for a, b, c in comps], 4)
+    lines += ["};", f"const size_t kCompositionCount = {len(comps)};", "",
               "}  // namespace kbitd::runtime::internal", ""]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
-    print(f"{args.out}: {len(rs)} ranges")
+    print(f"{args.out}: {len(rs)} category ranges, {len(ccc_ranges)} combining class ranges, "
+          f"{len(decomps)} decompositions, {len(comps)} compositions")
     if args.verify and not verify():
         sys.exit("tables disagree with the installed tokenizers")
 
