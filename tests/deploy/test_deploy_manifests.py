@@ -247,7 +247,7 @@ def test_alerts_cover_the_issue():
     rules = yaml.safe_load(d.RULES.read_text())
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
     for needed in ["KbitdModelLoadFailed", "KbitdQueueSaturated", "KbitdQueueRejecting",
-                   "KbitdTimeToFirstTokenHigh"]:
+                   "KbitdTimeToFirstTokenHigh", "KbitdGpuMemoryNearLimit"]:
         assert needed in alerts
     assert all(r["labels"]["severity"] in ("warning", "critical") for r in alerts.values())
 
