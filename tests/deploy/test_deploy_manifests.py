@@ -97,6 +97,10 @@ def test_service_monitor_matches_crd(rendered):
     model = monitoring.ServiceMonitor.model_validate(monitors[0])
     dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
     assert list(_unknown_fields(monitors[0], dumped)) == []
+    typo = {**monitors[0], "spec": {**monitors[0]["spec"], "endpoint": []}}
+    typo_dump = monitoring.ServiceMonitor.model_validate(typo).model_dump(
+        by_alias=True, exclude_none=True, mode="json")
+    assert list(_unknown_fields(typo, typo_dump)) == [".spec.endpoint"]
     # It selects the metrics Service, by port name.
     services = {doc["metadata"]["name"]: doc for _, doc in d.manifests(out) if doc["kind"] == "Service"}
     selected = [s for s in services.values()
@@ -203,6 +207,8 @@ def _container_validator():
 
 def test_kserve_manifests():
     validator = _container_validator()
+    # Strict: a misspelt field is an error, not silently dropped.
+    assert list(validator.iter_errors({"name": "x", "imagePullPolicyy": "Always"}))
     runtime = yaml.safe_load((d.KSERVE / "servingruntime.yaml").read_text())
     isvc = yaml.safe_load((d.KSERVE / "inferenceservice.yaml").read_text())
     assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ServingRuntime")
