@@ -59,7 +59,8 @@ ENV LD_LIBRARY_PATH=/opt/kbitd/lib:${LD_LIBRARY_PATH} \
 USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 50051 9400
-# gRPC health protocol (grpc.health.v1, overall service) through our own client.
+# gRPC health protocol (grpc.health.v1, overall service) through our own client. It assumes the
+# default listen port; a config that moves it needs `--health-cmd` at `docker run` too.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["/usr/local/bin/kbitctl", "--address=127.0.0.1:50051", "health"]
 ENTRYPOINT ["/usr/local/bin/kbitd"]
