@@ -1,11 +1,14 @@
 #include "quant/blockwise_8bit.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "quant/blockwise_4bit.h"
 #include "quant/blockwise_internal.h"
+#include "quant/codebooks.h"
+#include "quant/dynamic8bit_lookup.h"
 #include "quant/encode.h"
 
 namespace kbitd::quant {
@@ -16,11 +19,21 @@ using internal::FloatElem;
 template <ScalarType kIn>
 void QuantizeImpl(const float* code256, const void* input, int64_t n, int64_t blocksize,
                   uint8_t* codes, float* absmax) {
+  // bnb's default map has a precomputed exact lookup (built once, when first needed for a large
+  // input); any other map uses the search itself.
+  const internal::Dynamic8bitLookup* fast = nullptr;
+  if (n >= 4096 && std::memcmp(code256, DynamicMap().data(), 256 * sizeof(float)) == 0) {
+    fast = internal::Dynamic8bitLookup::ForDefaultMap();
+  }
   internal::ForEachQuantBlock<kIn>(
       input, n, blocksize, absmax,
       [&](int64_t begin, const float* values, int64_t count, float inv) {
-        for (int64_t i = 0; i < count; ++i) {
-          codes[begin + i] = EncodeDynamic8bit(code256, values[i] * inv);
+        if (fast != nullptr) {
+          for (int64_t i = 0; i < count; ++i) codes[begin + i] = fast->Encode(values[i] * inv);
+        } else {
+          for (int64_t i = 0; i < count; ++i) {
+            codes[begin + i] = EncodeDynamic8bit(code256, values[i] * inv);
+          }
         }
       });
 }

@@ -94,13 +94,18 @@ inline constexpr int64_t kMaxBlocksize = 4096;
 // -FLT_MAX, or 0 when it is the partial last block (as measured with bnb 0.50.2).
 template <ScalarType kType>
 float LoadBlock(const void* input, int64_t begin, int64_t end, int64_t blocksize, float* values) {
-  float amax = (end - begin < blocksize) ? 0.0f : -FLT_MAX;
-  for (int64_t k = begin; k < end; ++k) values[k - begin] = FloatElem<kType>::Load(input, k);
-  for (int64_t i = 0; i < end - begin; ++i) {
-    const float a = fabsf(values[i]);
-    amax = a > amax ? a : amax;  // == fmaxf(amax, a) here: amax is never NaN
+  const int64_t count = end - begin;
+  for (int64_t i = 0; i < count; ++i) values[i] = FloatElem<kType>::Load(input, begin + i);
+  // On the bit patterns of |x|, integer order is float order and NaNs lie above Inf, so this
+  // integer form (which vectorizes) equals the fmaxf reduction.
+  int32_t max_bits = -1;  // stays -1 when every element is NaN (bits <= 0x7F800000 fit int32)
+  for (int64_t i = 0; i < count; ++i) {
+    const int32_t bits = static_cast<int32_t>(FloatBits(values[i]) & 0x7FFFFFFFu);
+    const int32_t candidate = bits <= 0x7F800000 ? bits : -1;
+    max_bits = candidate > max_bits ? candidate : max_bits;
   }
-  return amax;
+  if (max_bits >= 0) return FloatFromBits(static_cast<uint32_t>(max_bits));
+  return count < blocksize ? 0.0f : -FLT_MAX;
 }
 
 // The quantize loop shared by the 4-bit and 8-bit kernels: per block, loads the values, stores

@@ -1,14 +1,13 @@
 // CUDA 4-bit blockwise quantize / dequantize must give the CPU reference's bytes exactly: packed
 // codes, absmax and dequantized values, for NF4 and FP4, every blocksize and dtype, odd n, partial
 // last blocks, special values and unaligned pointers. Skips without a GPU.
-#include "quant/cuda/blockwise_4bit.h"
-
 #include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "quant/blockwise_4bit.h"
+#include "quant/cuda/blockwise_4bit.h"
 #include "quant/cuda/device.h"
 #include "tests/quant/cuda_test_util.h"
 
@@ -31,8 +30,8 @@ struct Case {
 };
 
 std::string Describe(const Case& c) {
-  return absl::StrCat(std::string(FourBitTypeName(c.type)), " ", DtypeName(c.dtype), " bs=",
-                      c.blocksize, " n=", c.n, c.misaligned ? " misaligned" : "",
+  return absl::StrCat(std::string(FourBitTypeName(c.type)), " ", DtypeName(c.dtype),
+                      " bs=", c.blocksize, " n=", c.n, c.misaligned ? " misaligned" : "",
                       c.specials ? " specials" : "");
 }
 
@@ -71,8 +70,8 @@ void CheckCase(const Case& c, std::mt19937& rng) {
                     .ok());
     auto d_out = PoisonedOutput(out_bytes, c.misaligned ? ScalarTypeSize(out_type) : 0);
     ASSERT_TRUE(Dequantize4bit(c.type, static_cast<const uint8_t*>(d_packed.data),
-                               static_cast<const float*>(d_absmax.data), c.n, c.blocksize,
-                               out_type, d_out.data, nullptr)
+                               static_cast<const float*>(d_absmax.data), c.n, c.blocksize, out_type,
+                               d_out.data, nullptr)
                     .ok());
     ASSERT_TRUE(SynchronizeStream(nullptr).ok());
     EXPECT_EQ(CompareBytes(expected, FromDevice<uint8_t>(d_out, out_bytes)), "");
@@ -129,20 +128,20 @@ TEST(CudaBlockwise4bitTest, RejectsBadArguments) {
   uint8_t* packed = reinterpret_cast<uint8_t*>(0x1000);
   float* absmax = reinterpret_cast<float*>(0x2000);
   const void* input = reinterpret_cast<const void*>(0x3000);
-  EXPECT_EQ(Quantize4bit(FourBitType::kNf4, input, ScalarType::kBFloat16, 64, 48, packed, absmax,
-                         nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Quantize4bit(FourBitType::kNf4, input, ScalarType::kInt8, 64, 64, packed, absmax,
-                         nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Quantize4bit(FourBitType::kNf4, input, ScalarType::kBFloat16, -1, 64, packed, absmax,
-                         nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Dequantize4bit(FourBitType::kFp4, nullptr, absmax, 64, 64, ScalarType::kFloat16,
-                           packed, nullptr)
+  EXPECT_EQ(
+      Quantize4bit(FourBitType::kNf4, input, ScalarType::kBFloat16, 64, 48, packed, absmax, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Quantize4bit(FourBitType::kNf4, input, ScalarType::kInt8, 64, 64, packed, absmax, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Quantize4bit(FourBitType::kNf4, input, ScalarType::kBFloat16, -1, 64, packed, absmax, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Dequantize4bit(FourBitType::kFp4, nullptr, absmax, 64, 64, ScalarType::kFloat16, packed,
+                           nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
   // Nothing to do is not an error, and launches nothing.

@@ -1,7 +1,5 @@
 // CUDA 8-bit blockwise quantize / dequantize (dynamic map, and any ascending 256-entry code) must
 // give the CPU reference's bytes exactly. Skips without a GPU.
-#include "quant/cuda/blockwise_8bit.h"
-
 #include <algorithm>
 #include <random>
 #include <vector>
@@ -11,6 +9,7 @@
 #include "quant/blockwise_4bit.h"
 #include "quant/blockwise_8bit.h"
 #include "quant/codebooks.h"
+#include "quant/cuda/blockwise_8bit.h"
 #include "quant/cuda/device.h"
 #include "tests/quant/cuda_test_util.h"
 
@@ -36,9 +35,10 @@ std::vector<float> RandomAscendingCode(std::mt19937& rng) {
 
 void CheckCase(const std::vector<float>& code, ScalarType dtype, int64_t bs, int64_t n,
                bool misaligned, bool specials, std::mt19937& rng) {
-  SCOPED_TRACE(absl::StrCat(DtypeName(dtype), " bs=", bs, " n=", n,
-                            misaligned ? " misaligned" : "", specials ? " specials" : ""));
-  const std::vector<uint8_t> input = testing::Encode(testing::RandomFloats(n, rng, specials), dtype);
+  SCOPED_TRACE(absl::StrCat(DtypeName(dtype), " bs=", bs, " n=", n, misaligned ? " misaligned" : "",
+                            specials ? " specials" : ""));
+  const std::vector<uint8_t> input =
+      testing::Encode(testing::RandomFloats(n, rng, specials), dtype);
   const int64_t nblocks = NumBlocks(n, bs);
   std::vector<uint8_t> codes(n);
   std::vector<float> absmax(nblocks);
@@ -84,8 +84,8 @@ TEST(CudaBlockwise8bitTest, MatchesCpuForEveryBlocksizeDtypeAndShape) {
   const std::vector<float> code = DynamicCode();
   for (ScalarType dtype : testing::kFloatTypes) {
     for (int64_t bs = 64; bs <= 4096; bs *= 2) {
-      for (int64_t n : {int64_t{1}, int64_t{5}, bs - 1, bs, bs + 1, 2 * bs + 17,
-                        int64_t{4096 * 4 + 1000}}) {
+      for (int64_t n :
+           {int64_t{1}, int64_t{5}, bs - 1, bs, bs + 1, 2 * bs + 17, int64_t{4096 * 4 + 1000}}) {
         CheckCase(code, dtype, bs, n, false, false, rng);
       }
     }
@@ -115,18 +115,17 @@ TEST(CudaBlockwise8bitTest, RejectsBadArguments) {
   const void* input = reinterpret_cast<const void*>(0x2000);
   uint8_t* codes = reinterpret_cast<uint8_t*>(0x3000);
   float* absmax = reinterpret_cast<float*>(0x4000);
-  EXPECT_EQ(QuantizeBlockwise8bit(code, input, ScalarType::kFloat32, 64, 32, codes, absmax,
-                                  nullptr)
+  EXPECT_EQ(QuantizeBlockwise8bit(code, input, ScalarType::kFloat32, 64, 32, codes, absmax, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(QuantizeBlockwise8bit(nullptr, input, ScalarType::kFloat32, 64, 64, codes, absmax,
-                                  nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(DequantizeBlockwise8bit(code, codes, absmax, 64, 64, ScalarType::kFloat64, codes,
-                                    nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      QuantizeBlockwise8bit(nullptr, input, ScalarType::kFloat32, 64, 64, codes, absmax, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      DequantizeBlockwise8bit(code, codes, absmax, 64, 64, ScalarType::kFloat64, codes, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

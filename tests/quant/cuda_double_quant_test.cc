@@ -1,8 +1,6 @@
 // CUDA double quantization of the 4-bit absmax must give the CPU reference's bytes exactly: the
 // offset (a mean that the GPU reduces in parallel), codes, nested absmax and the reconstructed
 // absmax, including inputs that force the sequential fallback. Skips without a GPU.
-#include "quant/cuda/double_quant.h"
-
 #include <cfloat>
 #include <limits>
 #include <random>
@@ -14,6 +12,7 @@
 #include "quant/codebooks.h"
 #include "quant/cuda/blockwise_4bit.h"
 #include "quant/cuda/device.h"
+#include "quant/cuda/double_quant.h"
 #include "quant/double_quant.h"
 #include "tests/quant/cuda_test_util.h"
 
@@ -45,11 +44,10 @@ void CheckAbsmax(const std::vector<float>& absmax, const std::string& what) {
   auto d_codes = PoisonedOutput(nblocks);
   auto d_nested = PoisonedOutput(nested_count * sizeof(float));
   auto d_offset = PoisonedOutput(sizeof(float));
-  ASSERT_TRUE(DoubleQuantizeAbsmax(static_cast<const float*>(d_absmax.data), nblocks,
-                                   static_cast<const float*>(d_code.data),
-                                   static_cast<uint8_t*>(d_codes.data),
-                                   static_cast<float*>(d_nested.data),
-                                   static_cast<float*>(d_offset.data), nullptr)
+  ASSERT_TRUE(DoubleQuantizeAbsmax(
+                  static_cast<const float*>(d_absmax.data), nblocks,
+                  static_cast<const float*>(d_code.data), static_cast<uint8_t*>(d_codes.data),
+                  static_cast<float*>(d_nested.data), static_cast<float*>(d_offset.data), nullptr)
                   .ok());
   ASSERT_TRUE(SynchronizeStream(nullptr).ok());
   EXPECT_EQ(CompareBytes(std::vector<float>{cpu->offset}, FromDevice<float>(d_offset, 1)), "")
@@ -135,14 +133,13 @@ TEST(CudaDoubleQuantTest, NestedNf4ChainMatchesCpu) {
   auto d_restored = PoisonedOutput(nblocks * sizeof(float));
   auto d_out = PoisonedOutput(n * 2);
   ASSERT_TRUE(Quantize4bit(FourBitType::kNf4, d_input.data, ScalarType::kBFloat16, n, bs,
-                           static_cast<uint8_t*>(d_packed.data),
-                           static_cast<float*>(d_absmax.data), nullptr)
+                           static_cast<uint8_t*>(d_packed.data), static_cast<float*>(d_absmax.data),
+                           nullptr)
                   .ok());
-  ASSERT_TRUE(DoubleQuantizeAbsmax(static_cast<const float*>(d_absmax.data), nblocks,
-                                   static_cast<const float*>(d_code.data),
-                                   static_cast<uint8_t*>(d_codes.data),
-                                   static_cast<float*>(d_nested.data),
-                                   static_cast<float*>(d_offset.data), nullptr)
+  ASSERT_TRUE(DoubleQuantizeAbsmax(
+                  static_cast<const float*>(d_absmax.data), nblocks,
+                  static_cast<const float*>(d_code.data), static_cast<uint8_t*>(d_codes.data),
+                  static_cast<float*>(d_nested.data), static_cast<float*>(d_offset.data), nullptr)
                   .ok());
   const float offset = FromDevice<float>(d_offset, 1)[0];
   EXPECT_EQ(CompareBytes(std::vector<float>{nested->offset}, std::vector<float>{offset}), "");

@@ -1,9 +1,8 @@
 // The kernels' branch-free NF4 / FP4 encoders must equal the shared reference encoders on every
 // one of the 2^32 float bit patterns (NaN, Inf, subnormals and every threshold included). Skips
 // without a GPU.
-#include "quant/cuda/encoder_check.h"
-
 #include "gtest/gtest.h"
+#include "quant/cuda/encoder_check.h"
 #include "tests/quant/cuda_test_util.h"
 
 namespace kbitd::quant::cuda {

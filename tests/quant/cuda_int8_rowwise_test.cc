@@ -1,14 +1,13 @@
 // CUDA LLM.int8() row-wise weight quantize / dequantize must give the CPU reference's bytes
 // exactly (CB, SCB and dequantized values) for every dtype, row lengths that do and do not fill
 // 16-byte vectors, zero rows, NaN/Inf and fp16 overflow. Skips without a GPU.
-#include "quant/cuda/int8_rowwise.h"
-
 #include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "quant/cuda/device.h"
+#include "quant/cuda/int8_rowwise.h"
 #include "quant/int8_rowwise.h"
 #include "tests/quant/cuda_test_util.h"
 
@@ -26,14 +25,14 @@ void CheckCase(ScalarType dtype, int64_t rows, int64_t cols, bool specials, std:
   const int64_t n = rows * cols;
   std::vector<float> w = testing::RandomFloats(n, rng, specials);
   if (specials && rows > 2) {
-    for (int64_t c = 0; c < cols; ++c) w[1 * cols + c] = 0.0f;  // a zero row
+    for (int64_t c = 0; c < cols; ++c) w[1 * cols + c] = 0.0f;          // a zero row
     if (cols > 0 && dtype == ScalarType::kFloat32) w[2 * cols] = 1e5f;  // Inf once in fp16
   }
   const std::vector<uint8_t> input = testing::Encode(w, dtype);
   std::vector<int8_t> cb(n);
   std::vector<float> scb(rows);
-  ASSERT_TRUE(quant::QuantizeRowwiseInt8(input.data(), dtype, rows, cols, cb.data(), scb.data())
-                  .ok());
+  ASSERT_TRUE(
+      quant::QuantizeRowwiseInt8(input.data(), dtype, rows, cols, cb.data(), scb.data()).ok());
 
   auto d_input = ToDevice(input);
   auto d_cb = PoisonedOutput(n);
@@ -49,9 +48,9 @@ void CheckCase(ScalarType dtype, int64_t rows, int64_t cols, bool specials, std:
     SCOPED_TRACE(absl::StrCat("dequantize to ", DtypeName(out_type)));
     const size_t out_bytes = n * ScalarTypeSize(out_type);
     std::vector<uint8_t> expected(out_bytes);
-    ASSERT_TRUE(quant::DequantizeRowwiseInt8(cb.data(), scb.data(), rows, cols, out_type,
-                                             expected.data())
-                    .ok());
+    ASSERT_TRUE(
+        quant::DequantizeRowwiseInt8(cb.data(), scb.data(), rows, cols, out_type, expected.data())
+            .ok());
     auto d_out = PoisonedOutput(out_bytes);
     ASSERT_TRUE(DequantizeRowwiseInt8(static_cast<const int8_t*>(d_cb.data),
                                       static_cast<const float*>(d_scb.data), rows, cols, out_type,
@@ -77,14 +76,14 @@ TEST(CudaInt8RowwiseTest, MatchesCpu) {
 }
 
 TEST(CudaInt8RowwiseTest, RejectsBadArguments) {
-  EXPECT_EQ(QuantizeRowwiseInt8(nullptr, ScalarType::kFloat16, 4, 4, nullptr, nullptr, nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(QuantizeRowwiseInt8(nullptr, ScalarType::kFloat16, -1, 4, nullptr, nullptr, nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(QuantizeRowwiseInt8(nullptr, ScalarType::kFloat16, 0, 4, nullptr, nullptr, nullptr)
-                  .ok());
+  EXPECT_EQ(
+      QuantizeRowwiseInt8(nullptr, ScalarType::kFloat16, 4, 4, nullptr, nullptr, nullptr).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      QuantizeRowwiseInt8(nullptr, ScalarType::kFloat16, -1, 4, nullptr, nullptr, nullptr).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(
+      QuantizeRowwiseInt8(nullptr, ScalarType::kFloat16, 0, 4, nullptr, nullptr, nullptr).ok());
 }
 
 }  // namespace

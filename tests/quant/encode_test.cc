@@ -94,8 +94,10 @@ TEST(EncodeFp4Test, TreeEqualsReferenceOnRandomValues) {
 TEST(EncodeCountFormTest, EqualsTreeAtThresholdsAndOnDenseSample) {
   std::vector<float> xs = {0.0f, -0.0f, kNaN, kInf, -kInf, 1e-40f, -1e-40f};
   for (uint32_t t : kNf4ThresholdBits) {
-    for (float x = FloatFromBits(t), k = 0; k < 3; ++k, x = std::nextafter(x, kInf)) xs.push_back(x);
-    for (float x = FloatFromBits(t), k = 0; k < 3; ++k, x = std::nextafter(x, -kInf)) xs.push_back(x);
+    for (float x = FloatFromBits(t), k = 0; k < 3; ++k, x = std::nextafter(x, kInf))
+      xs.push_back(x);
+    for (float x = FloatFromBits(t), k = 0; k < 3; ++k, x = std::nextafter(x, -kInf))
+      xs.push_back(x);
   }
   for (uint32_t t : kFp4ThresholdBits) {
     for (float sign : {1.0f, -1.0f}) {
