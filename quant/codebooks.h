@@ -18,8 +18,9 @@ inline constexpr std::array<uint32_t, 15> kNf4ThresholdBits = {
     0xBF591CD8, 0xBF1C5270, 0xBEEB8480, 0xBEADEA76, 0xBE703CEC, 0xBE0D38BC, 0xBD3A7871, 0x3D22FAFF,
     0x3DF64862, 0x3E5067E0, 0x3E9582D4, 0x3EC753F9, 0x3F006D04, 0x3F248DAF, 0x3F5C89DA};
 
-// FP4 (sign bit 3, magnitude index bits 2..0): the 16-entry quant_map bitsandbytes serializes,
-// [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3] / 12.
+// FP4 (sign bit 3, magnitude index bits 2..0), as the kernels decode it:
+// [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3] / 12. Code 8 decodes to
+// -0.0; the quant_map tensor bnb serializes has +0.0 there (built from the integer literal -0).
 inline constexpr std::array<uint32_t, 16> kFp4CodeBits = {
     0x00000000, 0x3BAAAAAB, 0x3F2AAAAB, 0x3F800000, 0x3EAAAAAB, 0x3F000000, 0x3E2AAAAB, 0x3E800000,
     0x80000000, 0xBBAAAAAB, 0xBF2AAAAB, 0xBF800000, 0xBEAAAAAB, 0xBF000000, 0xBE2AAAAB, 0xBE800000};

@@ -1,5 +1,6 @@
 #include "quant/quant_state.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -63,6 +64,16 @@ absl::Status Expect(const NamedTensor& t, ScalarType dtype, const std::vector<in
 }
 
 bool IsFourBit(QuantType type) { return type == QuantType::kNf4 || type == QuantType::kFp4; }
+
+// The quant_map bnb serializes. For fp4 its entry 8 is +0.0 (get_4bit_type builds the table from
+// the integer literal -0), unlike the kernels' code 8, which dequantizes to -0.0 (measured with
+// bnb 0.50.2, tests/data/quant/sd_linear4bit_fp4_bf16storage).
+std::vector<float> SerializedQuantMap(QuantType type) {
+  const auto& lut = type == QuantType::kNf4 ? Nf4Code() : Fp4Code();
+  std::vector<float> map(lut.begin(), lut.end());
+  if (type == QuantType::kFp4) map[8] = 0.0f;
+  return map;
+}
 
 absl::StatusOr<QuantState> FourBitFromStateDict(
     const std::map<std::string, const NamedTensor*>& by_suffix, const std::string& weight_name,
@@ -157,8 +168,7 @@ absl::StatusOr<QuantState> FourBitFromStateDict(
     KBITD_RETURN_IF_ERROR(Expect(*quant_map, ScalarType::kFloat32, {16}));
     state.code = Values<float>(*quant_map);
   } else {
-    const auto& lut = state.type == QuantType::kNf4 ? Nf4Code() : Fp4Code();
-    state.code.assign(lut.begin(), lut.end());
+    state.code = SerializedQuantMap(state.type);
   }
   const NamedTensor* nested_absmax = find("nested_absmax");
   const bool nested = nested_absmax != nullptr;
@@ -247,6 +257,74 @@ absl::StatusOr<QuantState> Int8FromStateDict(const NamedTensor& weight, const Na
 
 int64_t QuantState::numel() const { return Numel(shape); }
 
+absl::StatusOr<QuantState> QuantizeToState(const void* data, ScalarType dtype,
+                                           std::vector<int64_t> shape,
+                                           const QuantizeOptions& options) {
+  for (int64_t d : shape) {
+    if (d < 0) return absl::InvalidArgumentError("QuantizeToState: negative dimension in shape");
+  }
+  QuantState state;
+  state.type = options.type;
+  state.shape = std::move(shape);
+  state.dtype = dtype;
+  state.blocksize = options.blocksize;
+  const int64_t n = state.numel();
+  switch (options.type) {
+    case QuantType::kNf4:
+    case QuantType::kFp4: {
+      const FourBitType four =
+          options.type == QuantType::kNf4 ? FourBitType::kNf4 : FourBitType::kFp4;
+      if (options.quant_storage != ScalarType::kUInt8 && !IsFloatingPoint(options.quant_storage)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("quant_storage ", std::string(TorchDtypeName(options.quant_storage)),
+                         " is not supported"));
+      }
+      state.quant_storage = options.quant_storage;
+      state.data.resize(Packed4bitBytes(n));
+      std::vector<float> absmax(NumBlocks(n, options.blocksize));
+      KBITD_RETURN_IF_ERROR(
+          Quantize4bit(four, data, dtype, n, options.blocksize, state.data.data(), absmax.data()));
+      state.code = SerializedQuantMap(options.type);
+      if (options.double_quant && !absmax.empty()) {
+        KBITD_ASSIGN_OR_RETURN(
+            NestedAbsmax nested,
+            DoubleQuantizeAbsmax(absmax.data(), static_cast<int64_t>(absmax.size())));
+        state.nested = std::move(nested);
+      } else {
+        state.absmax = std::move(absmax);
+      }
+      return state;
+    }
+    case QuantType::kInt8Blockwise: {
+      state.quant_storage = ScalarType::kUInt8;
+      state.data.resize(n);
+      state.absmax.resize(NumBlocks(n, std::max<int64_t>(options.blocksize, 1)));
+      const auto& map = DynamicMap();
+      state.code.assign(map.begin(), map.end());
+      KBITD_RETURN_IF_ERROR(QuantizeBlockwise8bit(state.code.data(), data, dtype, n,
+                                                  options.blocksize, state.data.data(),
+                                                  state.absmax.data()));
+      return state;
+    }
+    case QuantType::kInt8Rowwise: {
+      if (state.shape.size() != 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("int8 rowwise quantization needs a 2-D [out, in] weight, got shape ",
+                         ShapeString(state.shape)));
+      }
+      state.dtype = ScalarType::kFloat16;  // LLM.int8 goes through fp16 (bnb-spec §6.1)
+      state.quant_storage = ScalarType::kInt8;
+      state.data.resize(n);
+      state.scb.resize(state.shape[0]);
+      KBITD_RETURN_IF_ERROR(QuantizeRowwiseInt8(data, dtype, state.shape[0], state.shape[1],
+                                                reinterpret_cast<int8_t*>(state.data.data()),
+                                                state.scb.data()));
+      return state;
+    }
+  }
+  return absl::InvalidArgumentError("unknown quant type");
+}
+
 absl::StatusOr<std::string> QuantStateJson(const QuantState& state) {
   if (!IsFourBit(state.type)) {
     return absl::InvalidArgumentError("quant-state JSON exists only for nf4/fp4 states");
@@ -302,11 +380,7 @@ absl::StatusOr<std::vector<NamedTensor>> ToStateDict(const QuantState& state,
     out.push_back(MakeTensor(w + ".absmax", ScalarType::kFloat32,
                              {static_cast<int64_t>(state.absmax.size())}, state.absmax));
   }
-  std::vector<float> code = state.code;
-  if (code.empty()) {
-    const auto& lut = state.type == QuantType::kNf4 ? Nf4Code() : Fp4Code();
-    code.assign(lut.begin(), lut.end());
-  }
+  const std::vector<float> code = state.code.empty() ? SerializedQuantMap(state.type) : state.code;
   out.push_back(MakeTensor(w + ".quant_map", ScalarType::kFloat32, {16}, code));
   if (state.nested.has_value()) {
     out.push_back(MakeTensor(w + ".nested_absmax", ScalarType::kFloat32,

@@ -50,6 +50,20 @@ struct QuantState {
   int64_t numel() const;
 };
 
+struct QuantizeOptions {
+  QuantType type = QuantType::kNf4;
+  int64_t blocksize = 64;                         // nf4/fp4 (transformers' default); 8-bit: 4096
+  bool double_quant = false;                      // bnb_4bit_use_double_quant
+  ScalarType quant_storage = ScalarType::kUInt8;  // bnb_4bit_quant_storage
+};
+
+// Quantizes one tensor (F32/F16/BF16, row-major `shape`) as bnb's Linear4bit (nf4/fp4, optional
+// double quant), Linear8bitLt (int8 rowwise; `shape` must be 2-D [out, in]) or quantize_blockwise
+// (int8 blockwise) do on the GPU, and returns the complete state.
+absl::StatusOr<QuantState> QuantizeToState(const void* data, ScalarType dtype,
+                                           std::vector<int64_t> shape,
+                                           const QuantizeOptions& options);
+
 // "<p>.weight.quant_state.bitsandbytes__nf4" JSON text, byte-identical to bnb's json.dumps.
 absl::StatusOr<std::string> QuantStateJson(const QuantState& state);
 
