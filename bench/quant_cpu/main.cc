@@ -2,10 +2,10 @@
 // printed side by side with memcpy of the same bytes on the same machine (single thread).
 // Usage: bench_quant_cpu [elements (default 16777216)] [repetitions (default 5)]
 #include <algorithm>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <string>
@@ -71,9 +71,8 @@ int main(int argc, char** argv) {
   const int64_t cols = 4096, rows = n / cols;
   std::vector<float> scb(rows);
 
-  const double memcpy_s = BestSeconds(reps, [&] {
-    std::memcpy(out16.data(), f16.data(), n * sizeof(uint16_t));
-  });
+  const double memcpy_s =
+      BestSeconds(reps, [&] { std::memcpy(out16.data(), f16.data(), n * sizeof(uint16_t)); });
   const double memcpy_gbs = bytes16 / memcpy_s / 1e9;
 
   struct Row {
@@ -85,39 +84,49 @@ int main(int argc, char** argv) {
                                     std::tuple{ScalarType::kBFloat16, bf16.data(), "bf16"}}) {
     for (FourBitType type : {FourBitType::kNf4, FourBitType::kFp4}) {
       const std::string t(FourBitTypeName(type));
-      rows_out.push_back({"quantize " + t + " bs64 " + label, BestSeconds(reps, [&] {
-                            Check(Quantize4bit(type, data, dtype, n, 64, packed.data(),
-                                               absmax.data()));
-                          })});
-      rows_out.push_back({"dequantize " + t + " bs64 -> " + label, BestSeconds(reps, [&] {
-                            Check(Dequantize4bit(type, packed.data(), absmax.data(), n, 64, dtype,
-                                                 out16.data()));
-                          })});
+      rows_out.push_back(
+          {"quantize " + t + " bs64 " + label, BestSeconds(reps, [&] {
+             Check(Quantize4bit(type, data, dtype, n, 64, packed.data(), absmax.data()));
+           })});
+      rows_out.push_back(
+          {"dequantize " + t + " bs64 -> " + label, BestSeconds(reps, [&] {
+             Check(Dequantize4bit(type, packed.data(), absmax.data(), n, 64, dtype, out16.data()));
+           })});
     }
-    rows_out.push_back({std::string("quantize 8-bit dynamic bs4096 ") + label,
-                        BestSeconds(reps, [&] {
-                          Check(QuantizeBlockwise8bit(DynamicMap().data(), data, dtype, n, 4096,
-                                                      codes.data(), absmax.data()));
-                        })});
-    rows_out.push_back({std::string("dequantize 8-bit dynamic bs4096 -> ") + label,
-                        BestSeconds(reps, [&] {
-                          Check(DequantizeBlockwise8bit(DynamicMap().data(), codes.data(),
-                                                        absmax.data(), n, 4096, dtype,
-                                                        out16.data()));
-                        })});
+    rows_out.push_back(
+        {std::string("quantize 8-bit dynamic bs4096 ") + label, BestSeconds(reps, [&] {
+           Check(QuantizeBlockwise8bit(DynamicMap().data(), data, dtype, n, 4096, codes.data(),
+                                       absmax.data()));
+         })});
+    rows_out.push_back(
+        {std::string("dequantize 8-bit dynamic bs4096 -> ") + label, BestSeconds(reps, [&] {
+           Check(DequantizeBlockwise8bit(DynamicMap().data(), codes.data(), absmax.data(), n, 4096,
+                                         dtype, out16.data()));
+         })});
     rows_out.push_back({std::string("quantize int8 rowwise ") + label, BestSeconds(reps, [&] {
-                          Check(QuantizeRowwiseInt8(data, dtype, rows, cols, cb.data(),
-                                                    scb.data()));
+                          Check(
+                              QuantizeRowwiseInt8(data, dtype, rows, cols, cb.data(), scb.data()));
                         })});
-    rows_out.push_back({std::string("dequantize int8 rowwise -> ") + label, BestSeconds(reps, [&] {
-                          Check(DequantizeRowwiseInt8(cb.data(), scb.data(), rows, cols, dtype,
-                                                      out16.data()));
-                        })});
+    rows_out.push_back(
+        {std::string("dequantize int8 rowwise -> ") + label, BestSeconds(reps, [&] {
+           Check(DequantizeRowwiseInt8(cb.data(), scb.data(), rows, cols, dtype, out16.data()));
+         })});
   }
 
-  std::printf("kbitd quant CPU benchmark: %lld elements (%.0f MiB of 16-bit data), best of %d, "
-              "1 thread, thread CPU time\n",
-              static_cast<long long>(n), bytes16 / (1 << 20), reps);
+  // LLM.int8 decode step (m = 1): the int8 weight [rows, cols] is read once; reported as GB/s of
+  // the fp16 weight it replaces, like the rows above.
+  std::vector<uint16_t> act(cols), y(rows);
+  for (int64_t i = 0; i < cols; ++i) act[i] = f16[i];
+  Check(QuantizeRowwiseInt8(f16.data(), ScalarType::kFloat16, rows, cols, cb.data(), scb.data()));
+  rows_out.push_back({"int8 linear m=1 fp16 (LLM.int8, t=6.0)", BestSeconds(reps, [&] {
+                        Check(Int8Linear(act.data(), ScalarType::kFloat16, 1, cols, cb.data(),
+                                         scb.data(), rows, nullptr, 6.0f, y.data()));
+                      })});
+
+  std::printf(
+      "kbitd quant CPU benchmark: %lld elements (%.0f MiB of 16-bit data), best of %d, "
+      "1 thread, thread CPU time\n",
+      static_cast<long long>(n), bytes16 / (1 << 20), reps);
   std::printf("%-40s %10s %12s\n", "operation", "GB/s", "vs memcpy");
   std::printf("%-40s %10.2f %11.3fx\n", "memcpy (16-bit data)", memcpy_gbs, 1.0);
   for (const Row& r : rows_out) {
