@@ -19,6 +19,13 @@ DATA = os.path.join(ROOT, "tests", "data", "tokenizers")
 BUILD = os.environ.get("KBITD_BUILD_DIR", os.path.join(ROOT, "build"))
 CLI = os.path.join(BUILD, "tools", "kbitd_tokenize", "kbitd_tokenize")
 
+# GPT-4o / Llama-4 style: case-aware letter runs with optional contractions.
+O200K_PATTERN = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n/]*", r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"])
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -40,6 +47,9 @@ def variants():
     v["model"]["ignore_merges"] = False
     v["normalizer"] = {"type": "NFC"}  # as Qwen2's tokenizer.json has
     out.append(("qwen2_regex_nfc", v))
+    v = copy.deepcopy(llama3)
+    v["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": O200K_PATTERN}
+    out.append(("o200k_regex", v))
     for scheme in ["first", "always", "never"]:
         for split in [True, False]:
             v = copy.deepcopy(llama2)
