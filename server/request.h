@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,7 +32,7 @@ struct GenerateParams {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
-class Request {
+class Request : public std::enable_shared_from_this<Request> {
  public:
   using Call = grpc::ServerWriteReactor<v1::GenerateResponse>;
 
@@ -46,8 +47,9 @@ class Request {
   void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
 
-  // Worker side. Emit merges `delta` into what the client has not received yet; Finish ends the
-  // call (after the pending deltas are written). Calls after Finish are ignored.
+  // Worker side (the Request must be owned by a shared_ptr). Emit merges `delta` into what the
+  // client has not received yet; Finish ends the call (after the pending deltas are written).
+  // Calls after Finish are ignored. The writes are started on a writer thread, not the caller's.
   void Emit(const v1::GenerateResponse& delta);
   void Finish(absl::Status status);
 
@@ -55,8 +57,13 @@ class Request {
   void Attach(Call* call);
   void OnWriteDone(bool ok);
 
+  // For the writer thread: starts the next write or the Finish, if any.
+  void PumpScheduled();
+
  private:
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands Pump to the writer thread unless a write is in flight or already handed over.
+  void Schedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint64_t id_;
   const GenerateParams params_;
@@ -71,6 +78,7 @@ class Request {
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> final_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool scheduled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace kbitd::server
