@@ -96,6 +96,22 @@ void SplitRanges(std::string_view text, const TextPattern& pattern, PreTokenizer
   }
 }
 
+absl::StatusOr<PreTokenizer::Behavior> ParseBehavior(const std::string& name,
+                                                     std::string_view path) {
+  using B = PreTokenizer::Behavior;
+  static constexpr std::pair<std::string_view, B> kBehaviors[] = {
+      {"Removed", B::kRemoved},
+      {"Isolated", B::kIsolated},
+      {"MergedWithPrevious", B::kMergedWithPrevious},
+      {"MergedWithNext", B::kMergedWithNext},
+      {"Contiguous", B::kContiguous}};
+  for (const auto& [key, value] : kBehaviors) {
+    if (name == key) return value;
+  }
+  return tj::FieldError(tj::Child(path, "behavior"),
+                        absl::StrCat("unknown split behavior \"", name, "\""));
+}
+
 }  // namespace
 
 const std::array<char32_t, 256>& ByteLevelAlphabet() {
@@ -132,24 +148,31 @@ absl::Status PreTokenizer::Add(const JsonValue& json, std::string_view path) {
     KBITD_ASSIGN_OR_RETURN(tj::Pattern pattern, tj::ReadPattern(json, path));
     KBITD_ASSIGN_OR_RETURN(stage.pattern, TextPattern::Create(pattern, path));
     KBITD_ASSIGN_OR_RETURN(std::string behavior, tj::String(json, "behavior", path, ""));
-    static constexpr std::pair<std::string_view, Behavior> kBehaviors[] = {
-        {"Removed", Behavior::kRemoved},
-        {"Isolated", Behavior::kIsolated},
-        {"MergedWithPrevious", Behavior::kMergedWithPrevious},
-        {"MergedWithNext", Behavior::kMergedWithNext},
-        {"Contiguous", Behavior::kContiguous}};
-    bool known = false;
-    for (const auto& [name, value] : kBehaviors) {
-      if (behavior == name) {
-        stage.behavior = value;
-        known = true;
-      }
-    }
-    if (!known) {
-      return tj::FieldError(tj::Child(path, "behavior"),
-                            absl::StrCat("unknown split behavior \"", behavior, "\""));
-    }
+    KBITD_ASSIGN_OR_RETURN(stage.behavior, ParseBehavior(behavior, path));
     KBITD_ASSIGN_OR_RETURN(stage.invert, tj::Bool(json, "invert", path, false));
+  } else if (type == "Digits" || type == "Punctuation" || type == "Whitespace" ||
+             type == "WhitespaceSplit") {
+    // Character-class splitters of tokenizers/src/pre_tokenizers/{digits,punctuation,
+    // whitespace}.rs, expressed as Split stages with the same matches and behaviour.
+    stage.kind = Stage::kSplit;
+    std::string regex;
+    if (type == "Digits") {
+      KBITD_ASSIGN_OR_RETURN(bool individual, tj::Bool(json, "individual_digits", path, false));
+      regex = R"(\p{N})";  // char::is_numeric
+      stage.behavior = individual ? Behavior::kIsolated : Behavior::kContiguous;
+    } else if (type == "Punctuation") {
+      regex = R"([\p{P}!-/:-@\[-`{-~])";  // is_ascii_punctuation || Unicode punctuation
+      KBITD_ASSIGN_OR_RETURN(std::string behavior, tj::String(json, "behavior", path, "Isolated"));
+      KBITD_ASSIGN_OR_RETURN(stage.behavior, ParseBehavior(behavior, path));
+    } else if (type == "Whitespace") {
+      regex = R"(\w+|[^\w\s]+)";
+      stage.behavior = Behavior::kRemoved;
+      stage.invert = true;  // keep the matches
+    } else {
+      regex = R"(\s)";  // char::is_whitespace
+      stage.behavior = Behavior::kRemoved;
+    }
+    KBITD_ASSIGN_OR_RETURN(stage.pattern, TextPattern::Create({true, regex}, path));
   } else if (type == "ByteLevel") {
     stage.kind = Stage::kByteLevel;
     KBITD_ASSIGN_OR_RETURN(stage.add_prefix_space, tj::Bool(json, "add_prefix_space", path, true));
@@ -183,9 +206,11 @@ absl::Status PreTokenizer::Add(const JsonValue& json, std::string_view path) {
       stage.prepend = add ? Stage::kAlways : Stage::kNever;
     }
   } else {
-    return tj::FieldError(tj::Child(path, "type"),
-                          absl::StrCat("unsupported pre_tokenizer \"", type,
-                                       "\" (supported: Sequence, Split, ByteLevel, Metaspace)"));
+    return tj::FieldError(
+        tj::Child(path, "type"),
+        absl::StrCat("unsupported pre_tokenizer \"", type,
+                     "\" (supported: Sequence, Split, ByteLevel, Metaspace, Digits, Punctuation, "
+                     "Whitespace, WhitespaceSplit)"));
   }
   stages_.push_back(std::move(stage));
   return absl::OkStatus();

@@ -1,9 +1,11 @@
 // tokenizer.json "pre_tokenizer": splits normalized text into the pieces the model encodes one
 // by one. Supported: Sequence, Split (String or Regex pattern, all five delimiter behaviours,
 // invert), ByteLevel (GPT-2 regex, add_prefix_space, use_regex; maps bytes to the GPT-2 byte
-// alphabet) and Metaspace (replacement, prepend_scheme always/first/never or the older
-// add_prefix_space, split). Others are rejected naming the field. Semantics follow
-// tokenizers/src/pre_tokenizers/ and NormalizedString::split. Thread-safe: const after creation.
+// alphabet), Metaspace (replacement, prepend_scheme always/first/never or the older
+// add_prefix_space, split), Digits, Punctuation, Whitespace and WhitespaceSplit (Whitespace's \w
+// uses IsWordChar's approximation of Rust's Unicode \w). Others are rejected naming the field.
+// Semantics follow tokenizers/src/pre_tokenizers/ and NormalizedString::split. Thread-safe: const
+// after creation.
 #pragma once
 
 #include <array>

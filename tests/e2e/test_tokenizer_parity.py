@@ -50,6 +50,25 @@ def variants():
     v = copy.deepcopy(llama3)
     v["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": O200K_PATTERN}
     out.append(("o200k_regex", v))
+    v = copy.deepcopy(gpt2)  # Falcon-style sequence
+    v["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Punctuation", "behavior": "Contiguous"},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        {"type": "Digits", "individual_digits": False},
+        {"type": "Split", "pattern": {"Regex": "[0-9][0-9][0-9]"}, "behavior": "Isolated",
+         "invert": False}]}
+    out.append(("falcon_sequence", v))
+    v = copy.deepcopy(llama2)  # whitespace splitters before a Metaspace
+    v["normalizer"] = None
+    v["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {"type": "WhitespaceSplit"},
+        {"type": "Punctuation", "behavior": "Isolated"},
+        {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}]}
+    out.append(("whitespace_split_digits", v))
+    v = copy.deepcopy(llama2)
+    v["normalizer"] = None
+    v["pre_tokenizer"] = {"type": "Whitespace"}
+    out.append(("whitespace_words", v))
     for scheme in ["first", "always", "never"]:
         for split in [True, False]:
             v = copy.deepcopy(llama2)

@@ -196,7 +196,7 @@ TEST(TokenizerTest, UnsupportedComponentsNameTheField) {
   EXPECT_THAT(LoadError("llama3_regex", "normalizer", R"({"type": "NFKC"})"),
               HasSubstr("normalizer.type: unsupported normalizer \"NFKC\""));
   EXPECT_THAT(LoadError("llama3_regex", "pre_tokenizer",
-                        R"({"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}]})"),
+                        R"({"type": "Sequence", "pretokenizers": [{"type": "BertPreTokenizer"}]})"),
               HasSubstr("pre_tokenizer.pretokenizers[0].type: unsupported pre_tokenizer"));
   EXPECT_THAT(LoadError("llama3_regex", "decoder", R"({"type": "WordPiece"})"),
               HasSubstr("decoder.type"));
