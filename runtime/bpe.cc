@@ -204,6 +204,26 @@ void BpeModel::InitialSymbols(std::string_view piece, std::vector<int32_t>& symb
 
 absl::Status BpeModel::Tokenize(std::string_view piece, std::vector<int32_t>& ids) const {
   if (piece.empty()) return absl::OkStatus();
+  if (piece.size() > kMaxCachedPiece) return TokenizeUncached(piece, ids);
+  const absl::string_view key(piece.data(), piece.size());
+  {
+    absl::ReaderMutexLock lock(&cache_mutex_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) {
+      ids.insert(ids.end(), it->second.begin(), it->second.end());
+      return absl::OkStatus();
+    }
+  }
+  const size_t mark = ids.size();
+  KBITD_RETURN_IF_ERROR(TokenizeUncached(piece, ids));
+  absl::MutexLock lock(&cache_mutex_);
+  if (cache_.size() < kCacheCapacity) {
+    cache_.emplace(std::string(piece), std::vector<int32_t>(ids.begin() + mark, ids.end()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BpeModel::TokenizeUncached(std::string_view piece, std::vector<int32_t>& ids) const {
   if (ignore_merges_) {
     if (auto id = TokenToId(piece)) {
       ids.push_back(*id);

@@ -3,7 +3,8 @@
 // end_of_word_suffix, fuse_unk and ignore_merges, applied to one pre-tokenized piece exactly as
 // `tokenizers` does (tokenizers/src/models/bpe/{model.rs,word.rs}: lowest merge rank first,
 // leftmost on ties). Dropout is rejected (it makes encoding random). Thread-safe: const after
-// creation.
+// creation; results of short pieces are memoized in a bounded cache guarded by a mutex (as
+// tokenizers caches words).
 #pragma once
 
 #include <array>
@@ -16,6 +17,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "common/json.h"
 
 namespace kbitd::runtime {
@@ -54,6 +56,14 @@ class BpeModel {
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
   std::array<int32_t, 256> byte_ids_{};  // <0xXX> token ids, -1 when absent
+
+  // Memoized results for pieces up to kMaxCachedPiece bytes; stops growing at kCacheCapacity.
+  static constexpr size_t kMaxCachedPiece = 64;
+  static constexpr size_t kCacheCapacity = 10000;
+  absl::Status TokenizeUncached(std::string_view piece, std::vector<int32_t>& ids) const;
+  mutable absl::Mutex cache_mutex_;
+  mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_
+      ABSL_GUARDED_BY(cache_mutex_);
 };
 
 }  // namespace kbitd::runtime
