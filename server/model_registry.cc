@@ -1,5 +1,8 @@
 #include "server/model_registry.h"
 
+#include <algorithm>
+#include <iterator>
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -114,17 +117,30 @@ absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& r
 ModelRegistry::ModelRegistry(Options options) : options_(std::move(options)) {}
 
 ModelRegistry::~ModelRegistry() {
-  std::vector<std::thread> threads;
+  std::vector<Task> threads;
   {
     absl::MutexLock lock(&mu_);
     threads.swap(threads_);
   }
-  for (auto& thread : threads) thread.join();
+  for (auto& task : threads) task.thread.join();
 }
 
 void ModelRegistry::Spawn(std::function<void()> task) {
-  absl::MutexLock lock(&mu_);
-  threads_.emplace_back(std::move(task));
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::thread thread([task = std::move(task), finished] {
+    task();
+    finished->store(true);
+  });
+  std::vector<Task> done;
+  {
+    absl::MutexLock lock(&mu_);
+    auto split = std::partition(threads_.begin(), threads_.end(),
+                                [](const Task& t) { return !t.finished->load(); });
+    std::move(split, threads_.end(), std::back_inserter(done));
+    threads_.erase(split, threads_.end());
+    threads_.push_back({std::move(thread), std::move(finished)});
+  }
+  for (auto& t : done) t.thread.join();
 }
 
 void ModelRegistry::PublishCounts() {

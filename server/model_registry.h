@@ -11,6 +11,7 @@
 // handlers never block. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -91,7 +92,12 @@ class ModelRegistry {
   const Options options_;
   mutable absl::Mutex mu_;
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  // Load and unload threads; finished ones are joined when the next one starts.
+  struct Task {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  std::vector<Task> threads_ ABSL_GUARDED_BY(mu_);
 };
 
 // transformers-named request fields -> the runtime's load options. INVALID_ARGUMENT naming the

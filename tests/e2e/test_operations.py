@@ -103,3 +103,24 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(model_root, pb):
     assert len(first.token_ids) + sum(len(r.token_ids) for r in rest) == 1000
     assert rest[-1].finish_reason == pbi.FINISH_REASON_LENGTH
     assert d.proc.wait(timeout=30) == 0
+
+
+def test_tls_serves_tls_clients_only(model_root, pb, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    d = Daemon(model_root, pb, models=(),
+               yaml_extra=f"tls:\n  cert_file: {cert}\n  key_file: {key}\n")
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{d.port}", credentials) as channel:
+            stub = pb.model_grpc.ModelServiceStub(channel)
+            assert list(stub.ListModels(pb.model.ListModelsRequest(), timeout=10).models) == []
+        with grpc.insecure_channel(f"127.0.0.1:{d.port}") as channel:
+            stub = pb.model_grpc.ModelServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ListModels(pb.model.ListModelsRequest(), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert d.stop() == 0
