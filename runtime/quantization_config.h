@@ -41,7 +41,8 @@ absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const JsonValue& json
 absl::Status ValidateQuantizationConfig(const QuantizationConfig& config);
 
 // transformers' module matching (bnb-spec §7.2): skipped if the leaf name is listed, or a listed
-// key K satisfies K == name or (K + ".") occurs in name. `name` is a module name without ".weight".
+// key K satisfies K == name, (K + ".") occurs in name, or name ends with "." + K. `name` is a
+// module name without ".weight".
 bool IsModuleSkipped(const std::vector<std::string>& skip_modules, const std::string& name);
 
 }  // namespace kbitd::runtime

@@ -1,0 +1,486 @@
+#include "runtime/loader.h"
+
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/json.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "quant/blockwise_4bit.h"
+#include "quant/codebooks.h"
+#include "quant/double_quant.h"
+#include "quant/int8_rowwise.h"
+#include "runtime/checkpoint.h"
+
+namespace kbitd::runtime {
+namespace {
+
+// Loading state shared by the per-tensor steps.
+struct LoadContext {
+  const LoadOptions& options;
+  const ModelConfig& config;
+  const Checkpoint& checkpoint;
+  MemoryPool& pool;
+  // Quantization to apply to plain linears (quantize-on-load), nullopt = keep dense.
+  std::optional<QuantizationConfig> quantize;
+  bool prequantized = false;
+  std::vector<std::string> skip_modules;
+  LoadProgress progress;
+  int64_t parameter_count = 0;
+
+  void Consumed(const std::string& name) {
+    absl::StatusOr<const SafetensorsTensorInfo*> info = checkpoint.Info(name);
+    absl::StatusOr<const SafetensorsFile*> shard = checkpoint.ShardOf(name);
+    if (info.ok() && shard.ok()) {
+      (*shard)->DropPages(**info);  // streamed: hand the pages back once consumed
+      progress.bytes_done += (*info)->size_bytes();
+    }
+    ++progress.tensors_done;
+    if (options.progress) options.progress(progress);
+  }
+};
+
+absl::Status ShapeError(const std::string& tensor, const std::vector<int64_t>& want,
+                        std::span<const int64_t> got) {
+  auto fmt = [](auto&& dims) {
+    std::string s = "[";
+    for (size_t i = 0; i < dims.size(); ++i) absl::StrAppend(&s, i ? ", " : "", dims[i]);
+    return s + "]";
+  };
+  return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor, " has shape ", fmt(got),
+                                                 " but the config needs ", fmt(want)));
+}
+
+absl::StatusOr<TensorView> GetChecked(LoadContext& ctx, const std::string& name,
+                                      const std::vector<int64_t>& shape) {
+  KBITD_ASSIGN_OR_RETURN(TensorView view, ctx.checkpoint.Get(name));
+  if (!std::equal(view.shape.begin(), view.shape.end(), shape.begin(), shape.end())) {
+    return ShapeError(name, shape, view.shape);
+  }
+  return view;
+}
+
+absl::StatusOr<TensorView> GetFloat(LoadContext& ctx, const std::string& name,
+                                    const std::vector<int64_t>& shape) {
+  KBITD_ASSIGN_OR_RETURN(TensorView view, GetChecked(ctx, name, shape));
+  if (view.dtype != ScalarType::kFloat32 && view.dtype != ScalarType::kFloat16 &&
+      view.dtype != ScalarType::kBFloat16) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has dtype ",
+                                                   std::string(SafetensorsDtypeName(view.dtype)),
+                                                   ", expected F32, F16 or BF16"));
+  }
+  return view;
+}
+
+absl::StatusOr<Buffer> Allocate(LoadContext& ctx, size_t bytes) {
+  return ctx.pool.Allocate(bytes, MemoryCategory::kWeights, ctx.options.name);
+}
+
+// Copies raw bytes of a view into a weights buffer.
+absl::StatusOr<Buffer> CopyBytes(LoadContext& ctx, const TensorView& view) {
+  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, view.data.size()));
+  std::memcpy(buffer.data(), view.data.data(), view.data.size());
+  return buffer;
+}
+
+// A float vector tensor (norm weight, bias) converted to float32.
+absl::StatusOr<const float*> LoadFloatVector(LoadContext& ctx, const std::string& name,
+                                             int64_t n, std::vector<Buffer>* storage) {
+  KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {n}));
+  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, n * sizeof(float)));
+  for (int64_t i = 0; i < n; ++i) {
+    float v;
+    std::memcpy(&v, view.data.data() + i * 4, view.dtype == ScalarType::kFloat32 ? 4 : 0);
+    if (view.dtype != ScalarType::kFloat32) {
+      uint16_t bits;
+      std::memcpy(&bits, view.data.data() + i * 2, 2);
+      v = view.dtype == ScalarType::kFloat16 ? HalfToFloat(bits) : BFloat16ToFloat(bits);
+    }
+    buffer.as<float>()[i] = v;
+  }
+  ctx.parameter_count += n;
+  const float* ptr = buffer.as<float>();
+  storage->push_back(std::move(buffer));
+  ctx.Consumed(name);
+  return ptr;
+}
+
+// Float tensor bytes with natural alignment (mmap'd views may be unaligned in foreign files).
+const void* AlignedFloatData(const TensorView& view, std::vector<uint8_t>* copy) {
+  if (view.IsAligned()) return view.data.data();
+  copy->assign(view.data.begin(), view.data.end());
+  return copy->data();
+}
+
+absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeight* w) {
+  const QuantizationConfig& q = *ctx.quantize;
+  const int64_t n = w->out_features * w->in_features;
+  std::vector<uint8_t> aligned;
+  const void* data = AlignedFloatData(view, &aligned);
+  if (q.load_in_8bit) {
+    KBITD_ASSIGN_OR_RETURN(Buffer cb, Allocate(ctx, n));
+    KBITD_ASSIGN_OR_RETURN(Buffer scb, Allocate(ctx, w->out_features * sizeof(float)));
+    KBITD_RETURN_IF_ERROR(quant::QuantizeRowwiseInt8(data, view.dtype, w->out_features,
+                                                     w->in_features, cb.as<int8_t>(),
+                                                     scb.as<float>()));
+    w->format = LinearWeight::Format::kInt8Rowwise;
+    w->cb = cb.as<int8_t>();
+    w->scb = scb.as<float>();
+    w->threshold = q.llm_int8_threshold;
+    w->storage.push_back(std::move(cb));
+    w->storage.push_back(std::move(scb));
+    return absl::OkStatus();
+  }
+  KBITD_ASSIGN_OR_RETURN(quant::FourBitType type, quant::FourBitTypeFromName(q.bnb_4bit_quant_type));
+  const int64_t blocks = quant::NumBlocks(n, q.blocksize);
+  KBITD_ASSIGN_OR_RETURN(Buffer packed, Allocate(ctx, quant::Packed4bitBytes(n)));
+  std::vector<float> absmax(blocks);
+  KBITD_RETURN_IF_ERROR(quant::Quantize4bit(type, data, view.dtype, n, q.blocksize,
+                                            packed.as<uint8_t>(), absmax.data()));
+  w->format = LinearWeight::Format::kFourBit;
+  w->nf4 = type == quant::FourBitType::kNf4;
+  const auto& code = w->nf4 ? quant::Nf4Code() : quant::Fp4Code();
+  std::copy(code.begin(), code.end(), w->code.begin());
+  w->blocksize = q.blocksize;
+  w->packed = packed.as<uint8_t>();
+  w->storage.push_back(std::move(packed));
+  if (q.bnb_4bit_use_double_quant) {
+    KBITD_ASSIGN_OR_RETURN(quant::NestedAbsmax nested,
+                           quant::DoubleQuantizeAbsmax(absmax.data(), blocks));
+    KBITD_ASSIGN_OR_RETURN(Buffer codes, Allocate(ctx, blocks));
+    KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax,
+                           Allocate(ctx, nested.nested_absmax.size() * sizeof(float)));
+    std::memcpy(codes.data(), nested.codes.data(), blocks);
+    std::memcpy(nested_absmax.data(), nested.nested_absmax.data(),
+                nested.nested_absmax.size() * sizeof(float));
+    w->nested = true;
+    w->absmax_codes = codes.as<uint8_t>();
+    w->nested_absmax = nested_absmax.as<float>();
+    std::copy(nested.nested_code.begin(), nested.nested_code.end(), w->nested_code.begin());
+    w->nested_offset = nested.offset;
+    w->nested_blocksize = nested.nested_blocksize;
+    w->storage.push_back(std::move(codes));
+    w->storage.push_back(std::move(nested_absmax));
+  } else {
+    KBITD_ASSIGN_OR_RETURN(Buffer absmax_buffer, Allocate(ctx, blocks * sizeof(float)));
+    std::memcpy(absmax_buffer.data(), absmax.data(), blocks * sizeof(float));
+    w->absmax = absmax_buffer.as<float>();
+    w->storage.push_back(std::move(absmax_buffer));
+  }
+  return absl::OkStatus();
+}
+
+// Reads a float32 tensor of `count` elements into a new buffer.
+absl::StatusOr<Buffer> LoadF32(LoadContext& ctx, const std::string& name, int64_t count) {
+  KBITD_ASSIGN_OR_RETURN(TensorView view, ctx.checkpoint.Get(name));
+  if (view.dtype != ScalarType::kFloat32 || view.NumElements() != count) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " must be F32 with ", count,
+                                                   " elements (has ", view.NumElements(), " of ",
+                                                   std::string(SafetensorsDtypeName(view.dtype)), ")"));
+  }
+  KBITD_ASSIGN_OR_RETURN(Buffer b, CopyBytes(ctx, view));
+  ctx.Consumed(name);
+  return b;
+}
+
+// bitsandbytes Linear4bit state-dict keys (bnb-spec §5.2).
+absl::Status LoadPrequantized4bit(LoadContext& ctx, const std::string& prefix,
+                                  const std::string& state_key, LinearWeight* w) {
+  const std::string p = prefix + ".weight";
+  KBITD_ASSIGN_OR_RETURN(TensorView state_view, ctx.checkpoint.Get(state_key));
+  std::string_view text(reinterpret_cast<const char*>(state_view.data.data()),
+                        state_view.data.size());
+  absl::StatusOr<JsonValue> state = ParseJson(text);
+  if (!state.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", state_key, ": ", state.status().message()));
+  }
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", state_key, ": ", what));
+  };
+  absl::StatusOr<std::string> quant_type = state->GetString("quant_type");
+  absl::StatusOr<int64_t> blocksize = state->GetInteger("blocksize");
+  if (!quant_type.ok() || !blocksize.ok()) return bad("needs quant_type and blocksize");
+  if (*quant_type != "nf4" && *quant_type != "fp4") return bad("quant_type must be nf4 or fp4");
+  KBITD_RETURN_IF_ERROR(quant::Validate4bitBlocksize(*blocksize));
+  const JsonValue* shape = state->Find("shape");
+  if (shape == nullptr || !shape->is_array() || shape->array().size() != 2 ||
+      !shape->array()[0].is_integer() || !shape->array()[1].is_integer() ||
+      shape->array()[0].integer_value() != w->out_features ||
+      shape->array()[1].integer_value() != w->in_features) {
+    return bad(absl::StrCat("shape must be [", w->out_features, ", ", w->in_features, "]"));
+  }
+  if (absl::StatusOr<std::string> dtype = state->GetString("dtype"); dtype.ok()) {
+    if (absl::StatusOr<ScalarType> t = ScalarTypeFromTorchName(*dtype); t.ok()) w->original_dtype = *t;
+  }
+  const int64_t n = w->out_features * w->in_features;
+  const int64_t blocks = quant::NumBlocks(n, *blocksize);
+  KBITD_ASSIGN_OR_RETURN(TensorView packed, ctx.checkpoint.Get(p));
+  if (static_cast<int64_t>(packed.data.size()) != quant::Packed4bitBytes(n)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", p, " has ", packed.data.size(),
+                                                   " bytes, expected ",
+                                                   quant::Packed4bitBytes(n), " (packed 4-bit)"));
+  }
+  KBITD_ASSIGN_OR_RETURN(Buffer packed_buffer, CopyBytes(ctx, packed));
+  ctx.Consumed(p);
+  KBITD_ASSIGN_OR_RETURN(Buffer quant_map, LoadF32(ctx, p + ".quant_map", 16));
+  w->format = LinearWeight::Format::kFourBit;
+  w->nf4 = *quant_type == "nf4";
+  std::memcpy(w->code.data(), quant_map.data(), 16 * sizeof(float));
+  w->blocksize = *blocksize;
+  w->packed = packed_buffer.as<uint8_t>();
+  w->storage.push_back(std::move(packed_buffer));
+  const bool nested = ctx.checkpoint.Contains(p + ".nested_absmax");
+  if (nested) {
+    KBITD_ASSIGN_OR_RETURN(TensorView codes, ctx.checkpoint.Get(p + ".absmax"));
+    if (codes.dtype != ScalarType::kUInt8 || codes.NumElements() != blocks) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", p, ".absmax must be U8 with ",
+                                                     blocks, " elements (double quant)"));
+    }
+    KBITD_ASSIGN_OR_RETURN(Buffer codes_buffer, CopyBytes(ctx, codes));
+    ctx.Consumed(p + ".absmax");
+    absl::StatusOr<int64_t> nested_bs = state->GetInteger("nested_blocksize");
+    absl::StatusOr<double> offset = state->GetNumber("nested_offset");
+    if (!nested_bs.ok() || !offset.ok() || *nested_bs <= 0) {
+      return bad("double-quantized state needs nested_blocksize and nested_offset");
+    }
+    const int64_t nested_blocks = (blocks + *nested_bs - 1) / *nested_bs;
+    KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax, LoadF32(ctx, p + ".nested_absmax", nested_blocks));
+    KBITD_ASSIGN_OR_RETURN(Buffer nested_map, LoadF32(ctx, p + ".nested_quant_map", 256));
+    w->nested = true;
+    w->absmax_codes = codes_buffer.as<uint8_t>();
+    w->nested_absmax = nested_absmax.as<float>();
+    std::memcpy(w->nested_code.data(), nested_map.data(), 256 * sizeof(float));
+    w->nested_offset = static_cast<float>(*offset);
+    w->nested_blocksize = *nested_bs;
+    w->storage.push_back(std::move(codes_buffer));
+    w->storage.push_back(std::move(nested_absmax));
+  } else {
+    KBITD_ASSIGN_OR_RETURN(Buffer absmax, LoadF32(ctx, p + ".absmax", blocks));
+    w->absmax = absmax.as<float>();
+    w->storage.push_back(std::move(absmax));
+  }
+  ctx.Consumed(state_key);
+  return absl::OkStatus();
+}
+
+// bitsandbytes Linear8bitLt state-dict keys (bnb-spec §6.3).
+absl::Status LoadPrequantizedInt8(LoadContext& ctx, const std::string& prefix, LinearWeight* w) {
+  const std::string p = prefix + ".weight";
+  KBITD_ASSIGN_OR_RETURN(TensorView cb, GetChecked(ctx, p, {w->out_features, w->in_features}));
+  if (cb.dtype != ScalarType::kInt8) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", p, " must be I8 (LLM.int8 weight)"));
+  }
+  if (ctx.checkpoint.Contains(prefix + ".weight_format")) {
+    KBITD_ASSIGN_OR_RETURN(TensorView format, ctx.checkpoint.Get(prefix + ".weight_format"));
+    if (format.data.size() != 1 || format.data[0] != 0) {
+      return absl::UnimplementedError(absl::StrCat(
+          "tensor ", prefix, ".weight_format: only the \"row\" (0) layout is supported"));
+    }
+    ctx.Consumed(prefix + ".weight_format");
+  }
+  KBITD_ASSIGN_OR_RETURN(Buffer cb_buffer, CopyBytes(ctx, cb));
+  ctx.Consumed(p);
+  KBITD_ASSIGN_OR_RETURN(Buffer scb, LoadF32(ctx, prefix + ".SCB", w->out_features));
+  w->format = LinearWeight::Format::kInt8Rowwise;
+  w->cb = cb_buffer.as<int8_t>();
+  w->scb = scb.as<float>();
+  w->threshold = ctx.config.quantization ? ctx.config.quantization->llm_int8_threshold : 6.0f;
+  w->storage.push_back(std::move(cb_buffer));
+  w->storage.push_back(std::move(scb));
+  return absl::OkStatus();
+}
+
+absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out, int64_t in,
+                        bool has_bias, LinearWeight* w) {
+  w->name = prefix;
+  w->out_features = out;
+  w->in_features = in;
+  w->original_dtype = ctx.config.torch_dtype;
+  ctx.parameter_count += out * in;
+  if (ctx.prequantized) {
+    for (const char* type : {"nf4", "fp4"}) {
+      std::string key = absl::StrCat(prefix, ".weight.quant_state.bitsandbytes__", type);
+      if (ctx.checkpoint.Contains(key)) {
+        KBITD_RETURN_IF_ERROR(LoadPrequantized4bit(ctx, prefix, key, w));
+        break;
+      }
+    }
+    if (w->format == LinearWeight::Format::kDense && ctx.checkpoint.Contains(prefix + ".SCB")) {
+      KBITD_RETURN_IF_ERROR(LoadPrequantizedInt8(ctx, prefix, w));
+    }
+  }
+  if (w->format == LinearWeight::Format::kDense) {
+    const std::string name = prefix + ".weight";
+    KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {out, in}));
+    w->original_dtype = view.dtype;
+    if (ctx.quantize.has_value() && !IsModuleSkipped(ctx.skip_modules, prefix)) {
+      KBITD_RETURN_IF_ERROR(QuantizeLinear(ctx, view, w));
+    } else {
+      KBITD_ASSIGN_OR_RETURN(Buffer dense, CopyBytes(ctx, view));
+      w->dense_dtype = view.dtype;
+      w->dense = dense.data();
+      w->storage.push_back(std::move(dense));
+    }
+    ctx.Consumed(name);
+  }
+  if (has_bias) {
+    KBITD_ASSIGN_OR_RETURN(w->bias, LoadFloatVector(ctx, prefix + ".bias", out, &w->storage));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadLayer(LoadContext& ctx, int64_t i, LayerWeights* layer) {
+  const ModelConfig& c = ctx.config;
+  const std::string p = absl::StrCat("model.layers.", i);
+  KBITD_ASSIGN_OR_RETURN(layer->input_layernorm,
+                         LoadFloatVector(ctx, p + ".input_layernorm.weight", c.hidden_size,
+                                         &layer->storage));
+  KBITD_ASSIGN_OR_RETURN(layer->post_attention_layernorm,
+                         LoadFloatVector(ctx, p + ".post_attention_layernorm.weight",
+                                         c.hidden_size, &layer->storage));
+  const std::string a = p + ".self_attn", m = p + ".mlp";
+  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, a + ".q_proj", c.q_size(), c.hidden_size,
+                                   c.attention_bias, &layer->q_proj));
+  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, a + ".k_proj", c.kv_size(), c.hidden_size,
+                                   c.attention_bias, &layer->k_proj));
+  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, a + ".v_proj", c.kv_size(), c.hidden_size,
+                                   c.attention_bias, &layer->v_proj));
+  KBITD_RETURN_IF_ERROR(
+      LoadLinear(ctx, a + ".o_proj", c.hidden_size, c.q_size(), c.o_proj_bias, &layer->o_proj));
+  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, m + ".gate_proj", c.intermediate_size, c.hidden_size,
+                                   c.mlp_bias, &layer->gate_proj));
+  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, m + ".up_proj", c.intermediate_size, c.hidden_size,
+                                   c.mlp_bias, &layer->up_proj));
+  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, m + ".down_proj", c.hidden_size, c.intermediate_size,
+                                   c.mlp_bias, &layer->down_proj));
+  return absl::OkStatus();
+}
+
+absl::Status CheckFileExists(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(what, " not found: ", path));
+  }
+  return absl::OkStatus();
+}
+
+// Every token id the tokenizer can produce must index the embedding (tokenizer.json: model.vocab
+// and added_tokens ids).
+absl::Status CheckTokenizerVocab(const std::string& path, int64_t vocab_size) {
+  KBITD_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 256 << 20));
+  absl::StatusOr<JsonValue> json = ParseJson(text);
+  if (!json.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
+  int64_t max_id = -1;
+  const JsonValue* model = json->Find("model");
+  const JsonValue* vocab = model != nullptr ? model->Find("vocab") : nullptr;
+  if (vocab != nullptr && vocab->is_object()) {
+    for (const auto& [token, id] : vocab->object()) max_id = std::max(max_id, id.integer_value());
+  } else if (vocab != nullptr && vocab->is_array()) {  // Unigram: [[piece, score], ...]
+    max_id = static_cast<int64_t>(vocab->array().size()) - 1;
+  }
+  if (const JsonValue* added = json->Find("added_tokens"); added != nullptr && added->is_array()) {
+    for (const JsonValue& t : added->array()) {
+      if (const JsonValue* id = t.Find("id"); id != nullptr && id->is_integer()) {
+        max_id = std::max(max_id, id->integer_value());
+      }
+    }
+  }
+  if (max_id >= vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": tokenizer produces token id ", max_id, " but the model's vocab_size is ",
+        vocab_size, " (tokenizer and checkpoint do not belong together)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
+  const std::string dir = options.path;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("model folder not found: ", dir));
+  }
+  KBITD_RETURN_IF_ERROR(CheckFileExists(dir + "/config.json", "config.json"));
+  KBITD_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(dir + "/config.json"));
+  if (options.require_tokenizer) {
+    KBITD_RETURN_IF_ERROR(CheckFileExists(dir + "/tokenizer.json", "tokenizer.json"));
+    KBITD_RETURN_IF_ERROR(CheckTokenizerVocab(dir + "/tokenizer.json", config.vocab_size));
+  }
+  KBITD_ASSIGN_OR_RETURN(PlacementPlan plan,
+                         MakePlacementPlan(options.placement, /*have_cuda_backend=*/false));
+  std::shared_ptr<MemoryPool> pool = options.host_pool;
+  if (pool == nullptr) {
+    MemoryPool::Options pool_options;
+    pool_options.max_bytes = plan.MaxBytes(Device::Cpu());
+    pool_options.observer = options.observer;
+    KBITD_ASSIGN_OR_RETURN(pool, MemoryPool::Create(std::move(pool_options)));
+  }
+  KBITD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+
+  LoadContext ctx{options, config, *checkpoint, *pool};
+  ctx.prequantized = config.quantization.has_value() && config.quantization->quantized();
+  ScalarType compute_dtype = config.torch_dtype;
+  if (ctx.prequantized) {
+    if (options.quantization.has_value() && options.quantization->quantized()) {
+      KBITD_LOG(Warning) << dir << " is already quantized; the requested quantization is ignored";
+    }
+    if (config.quantization->load_in_4bit) compute_dtype = config.quantization->bnb_4bit_compute_dtype;
+  } else if (options.quantization.has_value() && options.quantization->quantized()) {
+    KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(*options.quantization));
+    ctx.quantize = options.quantization;
+    if (ctx.quantize->load_in_4bit) compute_dtype = ctx.quantize->bnb_4bit_compute_dtype;
+  }
+  const QuantizationConfig* qc = ctx.quantize ? &*ctx.quantize : nullptr;
+  ctx.skip_modules = (qc != nullptr && qc->llm_int8_skip_modules.has_value())
+                         ? *qc->llm_int8_skip_modules
+                         : std::vector<std::string>{"lm_head"};
+  ctx.progress.tensors_total = static_cast<int64_t>(checkpoint->TensorNames().size());
+  ctx.progress.bytes_total = static_cast<int64_t>(checkpoint->TotalBytes());
+
+  Model::Parts parts;
+  parts.name = options.name;
+  parts.config = config;
+  parts.host_pool = pool;
+  parts.compute_dtype = compute_dtype;
+  ModelWeights& w = parts.weights;
+  {
+    const std::string name = "model.embed_tokens.weight";
+    KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {config.vocab_size, config.hidden_size}));
+    KBITD_ASSIGN_OR_RETURN(Buffer embed, CopyBytes(ctx, view));
+    w.embed_dtype = view.dtype;
+    w.embed_tokens = embed.data();
+    w.storage.push_back(std::move(embed));
+    ctx.parameter_count += config.vocab_size * config.hidden_size;
+    ctx.Consumed(name);
+  }
+  w.layers.resize(config.num_hidden_layers);
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    KBITD_RETURN_IF_ERROR(LoadLayer(ctx, i, &w.layers[i]));
+  }
+  KBITD_ASSIGN_OR_RETURN(w.final_norm,
+                         LoadFloatVector(ctx, "model.norm.weight", config.hidden_size, &w.storage));
+  if (config.tie_word_embeddings) {
+    // save_pretrained drops the tied lm_head.weight; the head reads the embedding.
+    w.lm_head.name = "lm_head";
+    w.lm_head.out_features = config.vocab_size;
+    w.lm_head.in_features = config.hidden_size;
+    w.lm_head.dense_dtype = w.embed_dtype;
+    w.lm_head.original_dtype = w.embed_dtype;
+    w.lm_head.dense = w.embed_tokens;
+    if (checkpoint->Contains("lm_head.weight")) ctx.Consumed("lm_head.weight");
+  } else {
+    KBITD_RETURN_IF_ERROR(
+        LoadLinear(ctx, "lm_head", config.vocab_size, config.hidden_size, false, &w.lm_head));
+  }
+  parts.parameter_count = ctx.parameter_count;
+  // TODO(model): attach runtime/tokenizer.h's Tokenizer once it lands, checking its vocabulary
+  // against config.vocab_size.
+  KBITD_LOG(Info) << "loaded " << options.name << " from " << dir << ": "
+                  << parts.parameter_count << " parameters, "
+                  << pool->owner_bytes(options.name, MemoryCategory::kWeights) << " weight bytes";
+  return std::make_shared<Model>(std::move(parts));
+}
+
+}  // namespace kbitd::runtime

@@ -1,0 +1,155 @@
+#include "runtime/memory_pool.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace kbitd::runtime {
+namespace {
+
+class CpuAllocator : public DeviceAllocator {
+ public:
+  absl::StatusOr<void*> Allocate(size_t bytes) override {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void* ptr = std::aligned_alloc(64, rounded);
+    if (ptr == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat("host allocation of ", bytes, " bytes failed"));
+    }
+    std::memset(ptr, 0, rounded);
+    return ptr;
+  }
+  void Free(void* ptr, size_t) override { std::free(ptr); }
+};
+
+}  // namespace
+
+const char* MemoryCategoryName(MemoryCategory category) {
+  switch (category) {
+    case MemoryCategory::kWeights: return "weights";
+    case MemoryCategory::kKvCache: return "kv_cache";
+    case MemoryCategory::kWorkspace: return "workspace";
+  }
+  return "unknown";
+}
+
+std::unique_ptr<DeviceAllocator> NewCpuAllocator() { return std::make_unique<CpuAllocator>(); }
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    pool_ = std::move(other.pool_);
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    category_ = other.category_;
+    owner_ = std::move(other.owner_);
+    other.data_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+void Buffer::Reset() {
+  if (data_ != nullptr && pool_ != nullptr) pool_->Release(data_, bytes_, category_, owner_);
+  pool_.reset();
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+MemoryPool::MemoryPool(Options options)
+    : device_(options.device),
+      max_bytes_(options.max_bytes),
+      observer_(options.observer),
+      allocator_(std::move(options.allocator)) {}
+
+absl::StatusOr<std::shared_ptr<MemoryPool>> MemoryPool::Create(Options options) {
+  if (options.max_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_memory for ", options.device.ToString(),
+                                                   " must be >= 0, got ", options.max_bytes));
+  }
+  if (options.allocator == nullptr) {
+    if (!options.device.is_cpu()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no allocator given for device ", options.device.ToString()));
+    }
+    options.allocator = NewCpuAllocator();
+  }
+  return std::shared_ptr<MemoryPool>(new MemoryPool(std::move(options)));
+}
+
+absl::StatusOr<Buffer> MemoryPool::Allocate(size_t bytes, MemoryCategory category,
+                                            const std::string& owner) {
+  Buffer buffer;
+  if (bytes == 0) return buffer;
+  {
+    absl::MutexLock lock(&mu_);
+    if (max_bytes_ > 0 && used_ + static_cast<int64_t>(bytes) > max_bytes_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          device_.ToString(), " memory limit: ", owner, " needs ", bytes, " more bytes of ",
+          MemoryCategoryName(category), " but ", used_, " of max_memory ", max_bytes_,
+          " bytes are in use"));
+    }
+    used_ += bytes;  // reserve before allocating so concurrent loaders cannot overshoot
+    by_category_[static_cast<int>(category)] += bytes;
+    by_owner_[{owner, static_cast<int>(category)}] += bytes;
+  }
+  absl::StatusOr<void*> ptr = allocator_->Allocate(bytes);
+  if (!ptr.ok()) {
+    Release(nullptr, bytes, category, owner);
+    return ptr.status();
+  }
+  buffer.pool_ = shared_from_this();
+  buffer.data_ = *ptr;
+  buffer.bytes_ = bytes;
+  buffer.category_ = category;
+  buffer.owner_ = owner;
+  Notify(owner, category);
+  return buffer;
+}
+
+void MemoryPool::Release(void* data, size_t bytes, MemoryCategory category,
+                         const std::string& owner) {
+  if (data != nullptr) allocator_->Free(data, bytes);
+  {
+    absl::MutexLock lock(&mu_);
+    used_ -= bytes;
+    by_category_[static_cast<int>(category)] -= bytes;
+    auto it = by_owner_.find({owner, static_cast<int>(category)});
+    if (it != by_owner_.end()) {
+      it->second -= bytes;
+      if (it->second == 0) by_owner_.erase(it);
+    }
+  }
+  Notify(owner, category);
+}
+
+void MemoryPool::Notify(const std::string& owner, MemoryCategory category) {
+  if (observer_ == nullptr) return;
+  observer_->OnMemoryChanged(device_, owner, category, owner_bytes(owner, category), used_bytes());
+}
+
+int64_t MemoryPool::used_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return used_;
+}
+
+int64_t MemoryPool::bytes(MemoryCategory category) const {
+  absl::MutexLock lock(&mu_);
+  return by_category_[static_cast<int>(category)];
+}
+
+int64_t MemoryPool::owner_bytes(const std::string& owner, MemoryCategory category) const {
+  absl::MutexLock lock(&mu_);
+  auto it = by_owner_.find({owner, static_cast<int>(category)});
+  return it == by_owner_.end() ? 0 : it->second;
+}
+
+int64_t MemoryPool::owner_bytes(const std::string& owner) const {
+  int64_t total = 0;
+  for (int c = 0; c < kNumMemoryCategories; ++c) {
+    total += owner_bytes(owner, static_cast<MemoryCategory>(c));
+  }
+  return total;
+}
+
+}  // namespace kbitd::runtime

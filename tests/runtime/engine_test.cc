@@ -1,0 +1,171 @@
+// Engine behaviour on the golden llama model: batching invariance, chunked prefill, KV
+// accounting, reproducible sampling and clear errors for bad requests.
+#include "runtime/engine.h"
+
+#include <map>
+
+#include "gtest/gtest.h"
+#include "runtime/loader.h"
+
+namespace kbitd::runtime {
+namespace {
+
+const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
+
+std::shared_ptr<Model> LoadNf4() {
+  LoadOptions options;
+  options.path = kModels + "/qwen2/nf4-dq";
+  auto model = LoadModel(options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return *model;
+}
+
+std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model, int64_t kv_tokens = 1024) {
+  Engine::Options options;
+  options.kv_cache_tokens = kv_tokens;
+  options.kv_block_size = 4;
+  options.num_threads = 2;
+  auto engine = Engine::Create(model, options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return std::move(*engine);
+}
+
+std::vector<int32_t> Prompt(int length, int salt) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < length; ++i) p.push_back((i * 37 + salt * 11 + 5) % 384);
+  return p;
+}
+
+SamplingParams Sampled(uint64_t seed) {
+  SamplingParams p;
+  p.temperature = 0.8f;
+  p.top_k = 50;
+  p.top_p = 0.95f;
+  p.seed = seed;
+  p.top_logprobs = 3;
+  return p;
+}
+
+// Generates `n` tokens for one sequence alone, prefill in one chunk.
+std::vector<int32_t> GenerateAlone(std::shared_ptr<Model> model, const std::vector<int32_t>& prompt,
+                                   const SamplingParams& params, int n) {
+  auto engine = MakeEngine(model);
+  EXPECT_TRUE(engine->AddSequence(1, prompt, params).ok());
+  std::vector<int32_t> out;
+  int32_t chunk = static_cast<int32_t>(prompt.size());
+  for (int i = 0; i < n; ++i) {
+    auto step = engine->Step({{1, i == 0 ? chunk : 1}});
+    EXPECT_TRUE(step.ok()) << step.status();
+    out.push_back((*step)[0].token);
+  }
+  return out;
+}
+
+TEST(EngineTest, BatchedDifferentLengthsMatchEachAlone) {
+  auto model = LoadNf4();
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(3, 1), Prompt(17, 2), Prompt(9, 3)};
+  const int kNew = 8;
+  std::vector<std::vector<int32_t>> alone;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    alone.push_back(GenerateAlone(model, prompts[i], Sampled(100 + i), kNew));
+  }
+  // Together: sequence 1 prefills in chunks of 5 while the others already decode, so prefill
+  // chunks and decode tokens share steps.
+  auto engine = MakeEngine(model);
+  std::map<uint64_t, std::vector<int32_t>> got;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(engine->AddSequence(i, prompts[i], Sampled(100 + i)).ok());
+  }
+  for (int step = 0; step < 40; ++step) {
+    std::vector<SequenceWork> work;
+    for (uint64_t id = 0; id < prompts.size(); ++id) {
+      if (got[id].size() >= kNew) continue;
+      int32_t remaining = engine->RemainingPromptTokens(id);
+      int32_t chunk = remaining > 0 ? std::min(remaining, id == 1 ? 5 : 100) : 1;
+      work.push_back({id, chunk});
+    }
+    if (work.empty()) break;
+    auto out = engine->Step(work);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (const SampledToken& t : *out) {
+      got[t.sequence_id].push_back(t.token);
+      EXPECT_EQ(t.top.size(), 3u);
+      EXPECT_LE(t.logprob, 0.0f);
+    }
+  }
+  for (uint64_t id = 0; id < prompts.size(); ++id) EXPECT_EQ(got[id], alone[id]) << "sequence " << id;
+}
+
+TEST(EngineTest, SameSeedSameTokensDifferentSeedDiffers) {
+  auto model = LoadNf4();
+  auto a = GenerateAlone(model, Prompt(6, 4), Sampled(7), 12);
+  auto b = GenerateAlone(model, Prompt(6, 4), Sampled(7), 12);
+  auto c = GenerateAlone(model, Prompt(6, 4), Sampled(8), 12);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+}
+
+TEST(EngineTest, KvBlocksAreReservedAndFreed) {
+  auto model = LoadNf4();
+  auto engine = MakeEngine(model, /*kv_tokens=*/16);  // 4 blocks of 4
+  EXPECT_EQ(engine->kv_blocks_total(), 4);
+  EXPECT_EQ(engine->KvBlocksNeeded(5), 2);
+  ASSERT_TRUE(engine->AddSequence(1, Prompt(8, 1), Sampled(1)).ok());
+  EXPECT_EQ(engine->kv_blocks_free(), 2);
+  absl::Status full = engine->AddSequence(2, Prompt(9, 2), Sampled(1));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_FALSE(engine->HasSequence(2));
+  ASSERT_TRUE(engine->AddSequence(3, Prompt(8, 3), Sampled(1)).ok());
+  EXPECT_EQ(engine->kv_blocks_free(), 0);
+  ASSERT_TRUE(engine->Step({{1, 8}, {3, 8}}).ok());
+  // Token 9 of either sequence needs a new block: none is free, nothing changes.
+  auto step = engine->Step({{1, 1}});
+  EXPECT_EQ(step.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(engine->SequenceLength(1), 9);
+  engine->RemoveSequence(3);
+  EXPECT_EQ(engine->kv_blocks_free(), 2);
+  EXPECT_TRUE(engine->Step({{1, 1}}).ok());
+  engine->RemoveSequence(1);
+  engine->RemoveSequence(42);  // unknown: no-op
+  EXPECT_EQ(engine->kv_blocks_free(), 4);
+}
+
+TEST(EngineTest, BadRequestsGiveClearErrors) {
+  auto model = LoadNf4();
+  Engine::Options options;
+  options.max_context = 32;
+  options.kv_cache_tokens = 256;
+  auto engine_or = Engine::Create(model, options);
+  ASSERT_TRUE(engine_or.ok());
+  auto& engine = *engine_or;
+  EXPECT_EQ(engine->max_context(), 32);
+  auto expect = [](absl::Status s, absl::StatusCode code, const std::string& text) {
+    EXPECT_EQ(s.code(), code) << s;
+    EXPECT_NE(std::string(s.message()).find(text), std::string::npos) << s;
+  };
+  expect(engine->AddSequence(1, {}, {}), absl::StatusCode::kInvalidArgument, "empty");
+  expect(engine->AddSequence(1, Prompt(33, 1), {}), absl::StatusCode::kInvalidArgument,
+         "longer than the context of 32");
+  expect(engine->AddSequence(1, {1, 384}, {}), absl::StatusCode::kInvalidArgument,
+         "outside the vocabulary");
+  SamplingParams bad;
+  bad.top_p = 0;
+  expect(engine->AddSequence(1, {1, 2}, bad), absl::StatusCode::kInvalidArgument, "top_p");
+  ASSERT_TRUE(engine->AddSequence(1, {1, 2, 3}, {}).ok());
+  expect(engine->AddSequence(1, {1}, {}), absl::StatusCode::kInvalidArgument, "already exists");
+  expect(engine->Step({{2, 1}}).status(), absl::StatusCode::kInvalidArgument, "unknown sequence");
+  expect(engine->Step({{1, 4}}).status(), absl::StatusCode::kInvalidArgument, "unprocessed");
+  expect(engine->Step({{1, 1}, {1, 1}}).status(), absl::StatusCode::kInvalidArgument, "twice");
+  EXPECT_EQ(engine->RemainingPromptTokens(1), 3);
+  // A sequence can run up to the context and no further.
+  ASSERT_TRUE(engine->Step({{1, 3}}).ok());
+  for (int i = 3; i < 32; ++i) ASSERT_TRUE(engine->Step({{1, 1}}).ok()) << i;
+  expect(engine->Step({{1, 1}}).status(), absl::StatusCode::kInvalidArgument, "context");
+  Engine::Options too_long;
+  too_long.max_context = 100000;
+  expect(Engine::Create(model, too_long).status(), absl::StatusCode::kInvalidArgument,
+         "max_context");
+}
+
+}  // namespace
+}  // namespace kbitd::runtime

@@ -1,0 +1,171 @@
+// Loader: accounting, quantize-on-load layout, skip modules and clear errors for bad checkpoints.
+#include "runtime/loader.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "runtime/checkpoint.h"
+#include "runtime/safetensors_writer.h"
+
+namespace kbitd::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void WriteText(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// A writable copy of a golden model folder.
+std::string CopyModel(const std::string& name, const std::string& variant) {
+  std::string dir = (fs::path(::testing::TempDir()) / (name + "_" + variant + "_" +
+                     ::testing::UnitTest::GetInstance()->current_test_info()->name())).string();
+  fs::remove_all(dir);
+  fs::copy(kModels + "/" + name + "/" + variant, dir);
+  return dir;
+}
+
+void ReplaceInFile(const std::string& path, const std::string& from, const std::string& to) {
+  std::string text = ReadText(path);
+  size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  text.replace(at, from.size(), to);
+  WriteText(path, text);
+}
+
+absl::Status LoadStatus(const std::string& dir, std::optional<QuantizationConfig> q = {}) {
+  LoadOptions options;
+  options.path = dir;
+  options.quantization = q;
+  return LoadModel(options).status();
+}
+
+void ExpectError(absl::Status s, absl::StatusCode code, const std::string& text) {
+  EXPECT_EQ(s.code(), code) << s;
+  EXPECT_NE(std::string(s.message()).find(text), std::string::npos) << s;
+}
+
+TEST(LoaderTest, QuantizeOnLoadSkipsLmHeadAndCountsBytes) {
+  QuantizationConfig q;
+  q.load_in_4bit = true;
+  q.bnb_4bit_quant_type = "nf4";
+  int64_t progress_calls = 0;
+  LoadOptions options;
+  options.path = kModels + "/llama/fp32";
+  options.quantization = q;
+  options.progress = [&](const LoadProgress& p) {
+    ++progress_calls;
+    EXPECT_LE(p.tensors_done, p.tensors_total);
+  };
+  auto model = LoadModel(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Model& m = **model;
+  EXPECT_EQ(m.FindLinear("lm_head")->format, LinearWeight::Format::kDense);
+  const LinearWeight* q_proj = m.FindLinear("model.layers.0.self_attn.q_proj");
+  ASSERT_NE(q_proj, nullptr);
+  EXPECT_EQ(q_proj->format, LinearWeight::Format::kFourBit);
+  EXPECT_EQ(m.parameter_count(), 123200);
+  EXPECT_GT(progress_calls, 20);
+  // 4-bit layers + fp32 embedding, head and norms.
+  EXPECT_LT(m.weight_bytes(), 4 * m.parameter_count());
+  EXPECT_EQ(m.memory_usage()[0].bytes[static_cast<int>(MemoryCategory::kWeights)], m.weight_bytes());
+  EXPECT_EQ(m.FindLinear("nope"), nullptr);
+}
+
+TEST(LoaderTest, SkipModulesReplaceTheDefault) {
+  QuantizationConfig q;
+  q.load_in_8bit = true;
+  q.llm_int8_skip_modules = std::vector<std::string>{"mlp"};
+  LoadOptions options;
+  options.path = kModels + "/llama/fp32";
+  options.quantization = q;
+  auto model = LoadModel(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->FindLinear("model.layers.1.mlp.up_proj")->format,
+            LinearWeight::Format::kDense);
+  EXPECT_EQ((*model)->FindLinear("model.layers.1.self_attn.o_proj")->format,
+            LinearWeight::Format::kInt8Rowwise);
+  EXPECT_EQ((*model)->FindLinear("lm_head")->format, LinearWeight::Format::kInt8Rowwise);
+}
+
+TEST(LoaderTest, MaxMemoryIsEnforced) {
+  LoadOptions options;
+  options.path = kModels + "/llama/fp32";
+  options.placement.max_memory["cpu"] = 100000;
+  ExpectError(LoadModel(options).status(), absl::StatusCode::kResourceExhausted, "max_memory");
+}
+
+TEST(LoaderTest, MissingFilesAreNotFound) {
+  ExpectError(LoadStatus("/nonexistent/model"), absl::StatusCode::kNotFound, "/nonexistent/model");
+  std::string dir = CopyModel("llama", "fp32");
+  fs::remove(dir + "/tokenizer.json");
+  ExpectError(LoadStatus(dir), absl::StatusCode::kNotFound, "tokenizer.json");
+  fs::remove(dir + "/config.json");
+  ExpectError(LoadStatus(dir), absl::StatusCode::kNotFound, "config.json");
+}
+
+TEST(LoaderTest, MissingTensorIsNamed) {
+  std::string dir = CopyModel("mistral", "fp32");
+  auto original = Checkpoint::Open(kModels + "/mistral/fp32");
+  ASSERT_TRUE(original.ok());
+  std::vector<TensorView> keep;
+  for (const std::string& name : (*original)->TensorNames()) {
+    if (name == "model.layers.1.mlp.down_proj.weight") continue;
+    keep.push_back(*(*original)->Get(name));
+  }
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", keep).ok());
+  ExpectError(LoadStatus(dir), absl::StatusCode::kNotFound, "model.layers.1.mlp.down_proj.weight");
+}
+
+TEST(LoaderTest, WrongShapeIsNamed) {
+  std::string dir = CopyModel("llama", "fp32");
+  ReplaceInFile(dir + "/config.json", "\"intermediate_size\": 128", "\"intermediate_size\": 96");
+  ExpectError(LoadStatus(dir), absl::StatusCode::kInvalidArgument,
+              "model.layers.0.mlp.gate_proj.weight has shape [128, 64] but the config needs [96, 64]");
+}
+
+TEST(LoaderTest, TokenizerVocabLargerThanEmbeddingIsRejected) {
+  std::string dir = CopyModel("qwen2", "fp32");
+  ReplaceInFile(dir + "/config.json", "\"vocab_size\": 384", "\"vocab_size\": 300");
+  ExpectError(LoadStatus(dir), absl::StatusCode::kInvalidArgument, "vocab_size is 300");
+}
+
+TEST(LoaderTest, UnsupportedRopeScalingAndArchitecture) {
+  std::string dir = CopyModel("llama", "fp32");
+  ReplaceInFile(dir + "/config.json", "\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"");
+  ExpectError(LoadStatus(dir), absl::StatusCode::kUnimplemented, "\"yarn\" is not supported");
+  std::string dir2 = CopyModel("mistral", "fp32");
+  ReplaceInFile(dir2 + "/config.json", "\"model_type\": \"mistral\"", "\"model_type\": \"gpt2\"");
+  ExpectError(LoadStatus(dir2), absl::StatusCode::kUnimplemented, "gpt2");
+}
+
+TEST(LoaderTest, CorruptQuantStateIsNamed) {
+  std::string dir = CopyModel("mistral", "nf4");
+  auto original = Checkpoint::Open(kModels + "/mistral/nf4");
+  ASSERT_TRUE(original.ok());
+  std::vector<TensorView> tensors;
+  const std::string bad = "model.layers.0.self_attn.k_proj.weight.absmax";
+  std::vector<uint8_t> short_bytes(8, 0);
+  std::vector<int64_t> short_shape = {2};
+  for (const std::string& name : (*original)->TensorNames()) {
+    TensorView v = *(*original)->Get(name);
+    if (name == bad) {
+      v.shape = short_shape;
+      v.data = short_bytes;
+    }
+    tensors.push_back(v);
+  }
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+  ExpectError(LoadStatus(dir), absl::StatusCode::kInvalidArgument, bad);
+}
+
+}  // namespace
+}  // namespace kbitd::runtime
