@@ -42,7 +42,9 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
 }  // namespace
 
 absl::StatusOr<GenerateParams> ValidateGenerate(const v1::GenerateRequest& request,
-                                                const runtime::Model& model, int32_t max_context,
+                                                const runtime::Model& model,
+                                                const runtime::Tokenizer& tokenizer,
+                                                int32_t max_context,
                                                 const v1::LimitsConfig& limits) {
   GenerateParams params;
   const bool has_text = !request.prompt().empty();
@@ -51,7 +53,6 @@ absl::StatusOr<GenerateParams> ValidateGenerate(const v1::GenerateRequest& reque
     return Invalid("prompt", has_text ? "set prompt or prompt_token_ids, not both"
                                       : "the prompt is empty: set prompt or prompt_token_ids");
   }
-  const runtime::Tokenizer& tokenizer = *model.tokenizer();
   if (has_text) {
     auto ids = tokenizer.Encode(request.prompt(),
                                 !request.has_add_special_tokens() || request.add_special_tokens());
@@ -138,8 +139,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());
   if (!model.ok()) return fail(model.status(), RequestOutcome::kInvalid);
   const Scheduler& scheduler = *(*model)->scheduler;
-  absl::StatusOr<GenerateParams> params =
-      ValidateGenerate(*request, *(*model)->model, scheduler.engine().max_context(), limits_);
+  absl::StatusOr<GenerateParams> params = ValidateGenerate(
+      *request, *(*model)->model, *(*model)->tokenizer, scheduler.engine().max_context(), limits_);
   if (!params.ok()) return fail(params.status(), RequestOutcome::kInvalid);
   const absl::Time now = absl::Now();
   const gpr_timespec deadline = context->raw_deadline();
@@ -160,7 +161,7 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
                                                      v1::TokenizeResponse* response) {
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());
   if (!model.ok()) return FinishUnary(context, model.status());
-  auto ids = (*model)->model->tokenizer()->Encode(
+  auto ids = (*model)->tokenizer->Encode(
       request->text(), !request->has_add_special_tokens() || request->add_special_tokens());
   if (!ids.ok()) return FinishUnary(context, Invalid("text", std::string(ids.status().message())));
   response->mutable_token_ids()->Add(ids->begin(), ids->end());
@@ -173,7 +174,7 @@ grpc::ServerUnaryReactor* InferenceService::Detokenize(grpc::CallbackServerConte
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());
   if (!model.ok()) return FinishUnary(context, model.status());
   std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
-  auto text = (*model)->model->tokenizer()->Decode(ids, request->skip_special_tokens());
+  auto text = (*model)->tokenizer->Decode(ids, request->skip_special_tokens());
   if (!text.ok())
     return FinishUnary(context, Invalid("token_ids", std::string(text.status().message())));
   response->set_text(*std::move(text));

@@ -36,7 +36,9 @@ class InferenceService final : public v1::InferenceService::CallbackService {
 // Checks a Generate request against the model and the limits and turns it into scheduler params.
 // INVALID_ARGUMENT naming the field at fault.
 absl::StatusOr<GenerateParams> ValidateGenerate(const v1::GenerateRequest& request,
-                                                const runtime::Model& model, int32_t max_context,
+                                                const runtime::Model& model,
+                                                const runtime::Tokenizer& tokenizer,
+                                                int32_t max_context,
                                                 const v1::LimitsConfig& limits);
 
 }  // namespace kbitd::server

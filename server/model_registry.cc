@@ -192,13 +192,17 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
     load.observer = options_.metrics;
     KBITD_ASSIGN_OR_RETURN(std::shared_ptr<runtime::Model> model, runtime::LoadModel(load));
-    if (model->tokenizer() == nullptr) {
-      return absl::FailedPreconditionError("the checkpoint has no usable tokenizer.json");
+    std::shared_ptr<const runtime::Tokenizer> tokenizer;
+    if (model->tokenizer() != nullptr) {
+      tokenizer = std::shared_ptr<const runtime::Tokenizer>(model, model->tokenizer());
+    } else {
+      KBITD_ASSIGN_OR_RETURN(tokenizer, runtime::Tokenizer::FromFile(path + "/tokenizer.json"));
     }
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
                            runtime::Engine::Create(model, options_.engine));
     auto result = std::make_shared<ServedModel>();
     result->model = model;
+    result->tokenizer = tokenizer;
     result->info.set_name(request.name());
     result->info.set_path(request.path());
     result->info.set_state(v1::MODEL_STATE_READY);
@@ -207,7 +211,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     DescribeModel(*model, *engine, &result->info);
     Scheduler::Options scheduler = options_.scheduler;
     if (options_.metrics) scheduler.metrics = &options_.metrics->ForModel(request.name());
-    result->scheduler = std::make_shared<Scheduler>(std::move(engine), scheduler);
+    result->scheduler = std::make_shared<Scheduler>(std::move(engine), tokenizer, scheduler);
     return result;
   }();
   const double seconds = absl::ToDoubleSeconds(options_.clock->Now() - start);

@@ -28,6 +28,7 @@
 #include "runtime/engine.h"
 #include "runtime/loader.h"
 #include "runtime/model.h"
+#include "runtime/tokenizer.h"
 #include "server/device_worker.h"
 #include "server/metrics.h"
 #include "server/model_root.h"
@@ -39,6 +40,9 @@ namespace kbitd::server {
 struct ServedModel {
   v1::ModelInfo info;  // state READY, filled at load
   std::shared_ptr<const runtime::Model> model;
+  // The model's tokenizer, or one read from the checkpoint's tokenizer.json when the loader
+  // attached none.
+  std::shared_ptr<const runtime::Tokenizer> tokenizer;
   std::shared_ptr<Scheduler> scheduler;
 };
 

@@ -16,8 +16,9 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 }  // namespace
 
-Scheduler::Scheduler(std::unique_ptr<runtime::Engine> engine, Options options)
-    : engine_(std::move(engine)), options_(options) {
+Scheduler::Scheduler(std::unique_ptr<runtime::Engine> engine,
+                     std::shared_ptr<const runtime::Tokenizer> tokenizer, Options options)
+    : engine_(std::move(engine)), tokenizer_(std::move(tokenizer)), options_(options) {
   for (int64_t id : engine_->model().config().eos_token_ids) {
     eos_ids_.push_back(static_cast<int32_t>(id));
   }
@@ -159,7 +160,7 @@ void Scheduler::StartSlot(std::shared_ptr<Request> request, absl::Time now) {
       .max_total_tokens = std::min(engine_->max_context(),
                                    static_cast<int32_t>(p.prompt.size()) + p.max_new_tokens),
       .stop = StopMatcher(p.stop),
-      .decoder = runtime::StreamingDecoder(*engine_->model().tokenizer(),
+      .decoder = runtime::StreamingDecoder(*tokenizer_,
                                            /*skip_special_tokens=*/true),
       .admitted = now,
       .last_token = now,

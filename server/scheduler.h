@@ -36,7 +36,9 @@ class Scheduler {
     Clock* clock = &Clock::Real();          // not owned
   };
 
-  Scheduler(std::unique_ptr<runtime::Engine> engine, Options options);
+  // `tokenizer` detokenizes the generated tokens; it must belong to the engine's model.
+  Scheduler(std::unique_ptr<runtime::Engine> engine,
+            std::shared_ptr<const runtime::Tokenizer> tokenizer, Options options);
   ~Scheduler();
 
   // Any thread. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once admission stopped.
@@ -82,6 +84,7 @@ class Scheduler {
   void Publish();
 
   std::unique_ptr<runtime::Engine> engine_;
+  std::shared_ptr<const runtime::Tokenizer> tokenizer_;
   const Options options_;
   std::function<void()> wakeup_;
   std::vector<int32_t> eos_ids_;
