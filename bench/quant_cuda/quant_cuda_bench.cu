@@ -17,6 +17,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -31,6 +32,7 @@
 #include "quant/cuda/cuda_check.h"
 #include "quant/cuda/device.h"
 #include "quant/cuda/double_quant.h"
+#include "quant/cuda/encode_select.cuh"
 #include "quant/cuda/int8_rowwise.h"
 #include "quant/encode.h"
 
@@ -94,18 +96,19 @@ __global__ void SpinKernel(long long cycles) {
   }
 }
 
-// The reference comparison tree of quant/encode.h (bnb's form), to show what the branch-free
-// encoders gain.
-struct Nf4TreeCodec {
+// Other encoders for the same codes, to show what the shared-memory trees gain: the reference
+// comparison tree of quant/encode.h (bnb's divergent form) and the branch-free selects.
+template <uint8_t (*kEncode)(float)>
+struct PlainCodec {
   static constexpr int kBits = 4;
-  static constexpr bool kUsesTable = false;
-  __device__ static uint8_t Encode(const float*, float x) { return EncodeNf4(x); }
+  static constexpr internal::CodecTable kTable = internal::CodecTable::kNone;
+  static internal::Lut16 HostTree() { return {}; }
+  __device__ static uint8_t Encode(const float*, float x) { return kEncode(x); }
 };
-struct Fp4TreeCodec {
-  static constexpr int kBits = 4;
-  static constexpr bool kUsesTable = false;
-  __device__ static uint8_t Encode(const float*, float x) { return EncodeFp4(x); }
-};
+__device__ uint8_t RefNf4(float x) { return EncodeNf4(x); }
+__device__ uint8_t RefFp4(float x) { return EncodeFp4(x); }
+__device__ uint8_t SelectNf4(float x) { return internal::EncodeNf4Select(x); }
+__device__ uint8_t SelectFp4(float x) { return internal::EncodeFp4Select(x); }
 
 class Bench {
  public:
@@ -238,28 +241,16 @@ class Bench {
       return Quantize4bit(q, set.input.data(), t, n_, bs, set.packed.as<uint8_t>(),
                           set.absmax.as<float>(), s);
     }));
-    KBITD_RETURN_IF_ERROR(Report("quantize", "tree-encoder", moved4, [&](Set& set) {
-      internal::QuantizeParams p{};
-      p.input = set.input.data();
-      p.n = n_;
-      p.log2_blocksize = internal::Log2Blocksize(bs);
-      p.codes = set.packed.as<uint8_t>();
-      p.absmax = set.absmax.as<float>();
-      p.vectorized = true;
-      return internal::DispatchElem(t, [&](auto in) {
-        using In = decltype(in);
-        return q == FourBitType::kNf4
-                   ? internal::LaunchQuantize<In, Nf4TreeCodec>(p, stream_, "tree nf4")
-                   : internal::LaunchQuantize<In, Fp4TreeCodec>(p, stream_, "tree fp4");
-      });
-    }));
+    using RefCodecs = std::pair<PlainCodec<RefNf4>, PlainCodec<RefFp4>>;
+    using SelectCodecs = std::pair<PlainCodec<SelectNf4>, PlainCodec<SelectFp4>>;
+    KBITD_RETURN_IF_ERROR(QuantVariant<RefCodecs>("reference-tree", moved4));
+    KBITD_RETURN_IF_ERROR(QuantVariant<SelectCodecs>("select", moved4));
     KBITD_RETURN_IF_ERROR(Report("dequantize", "api", moved4, [&](Set& set) {
       return Dequantize4bit(q, set.packed.as<uint8_t>(), set.absmax.as<float>(), n_, bs, t,
                             set.output.data(), s);
     }));
     KBITD_RETURN_IF_ERROR(DequantVariant<1>(moved4));
-    KBITD_RETURN_IF_ERROR(DequantVariant<2>(moved4));
-    KBITD_RETURN_IF_ERROR(DequantVariant<8>(moved4));
+    KBITD_RETURN_IF_ERROR(DequantVariant<4>(moved4));
 
     // Nested (double-quantized) absmax: quantize = 4-bit + double quant; dequantize = reconstruct
     // + 4-bit dequant.
@@ -296,6 +287,27 @@ class Bench {
     return Report("dequantize_int8", "api", moved_int8, [&](Set& set) {
       return DequantizeRowwiseInt8(set.cb.as<int8_t>(), set.scb.as<float>(), o_.rows, o_.cols, t,
                                    set.output.data(), s);
+    });
+  }
+
+  template <typename Codecs>
+  absl::Status QuantVariant(const char* name, double moved) {
+    using Nf4 = typename Codecs::first_type;
+    using Fp4 = typename Codecs::second_type;
+    return Report("quantize", name, moved, [&](Set& set) {
+      internal::QuantizeParams p{};
+      p.input = set.input.data();
+      p.n = n_;
+      p.log2_blocksize = internal::Log2Blocksize(o_.blocksize);
+      p.codes = set.packed.as<uint8_t>();
+      p.absmax = set.absmax.as<float>();
+      p.vectorized = true;
+      return internal::DispatchElem(o_.dtype, [&](auto in) {
+        using In = decltype(in);
+        return o_.type == FourBitType::kNf4
+                   ? internal::LaunchQuantize<In, Nf4>(p, stream_, "quantize variant")
+                   : internal::LaunchQuantize<In, Fp4>(p, stream_, "quantize variant");
+      });
     });
   }
 

@@ -18,7 +18,8 @@
 #include "common/status_macros.h"
 #include "quant/cuda/cuda_check.h"
 #include "quant/cuda/elements.cuh"
-#include "quant/cuda/encode_select.cuh"
+#include "quant/codebooks.h"
+#include "quant/cuda/encode_tree.cuh"
 #include "quant/encode.h"
 
 namespace kbitd::quant::cuda::internal {
@@ -30,26 +31,32 @@ inline constexpr int kThreads = 256;
 inline constexpr int kEpt = 16;
 inline constexpr int kTile = kThreads * kEpt;
 
-// NF4 / FP4 use the branch-free encoders (encode_select.cuh), equal to EncodeNf4 / EncodeFp4 on
-// every input.
+// What a codec keeps in shared memory: nothing, a 15- or 7-threshold tree (QuantizeParams::tree)
+// or the search tree of a 256-entry map (QuantizeParams::table, see LoadMapTree).
+enum class CodecTable { kNone, kTree16, kMap };
+
+// The codecs the API uses: shared-memory comparison trees (encode_tree.cuh).
 struct Nf4Codec {
   static constexpr int kBits = 4;
-  static constexpr bool kUsesTable = false;
-  __device__ static uint8_t Encode(const float*, float x) { return EncodeNf4Select(x); }
+  static constexpr CodecTable kTable = CodecTable::kTree16;
+  static Lut16 HostTree() { return EytzingerTree(kNf4ThresholdBits.data(), 4); }
+  __device__ static uint8_t Encode(const float* tree, float x) { return EncodeNf4Tree(tree, x); }
 };
 
 struct Fp4Codec {
   static constexpr int kBits = 4;
-  static constexpr bool kUsesTable = false;
-  __device__ static uint8_t Encode(const float*, float x) { return EncodeFp4Select(x); }
+  static constexpr CodecTable kTable = CodecTable::kTree16;
+  static Lut16 HostTree() { return EytzingerTree(kFp4ThresholdBits.data(), 3); }
+  __device__ static uint8_t Encode(const float* tree, float x) { return EncodeFp4Tree(tree, x); }
 };
 
-// 8-bit with a 256-entry ascending map (bnb dQuantize<0>), read from shared memory.
+// 8-bit with a 256-entry ascending map (bnb dQuantize<0>).
 struct Dynamic8Codec {
   static constexpr int kBits = 8;
-  static constexpr bool kUsesTable = true;
-  __device__ static uint8_t Encode(const float* table, float x) {
-    return EncodeDynamic8bit(table, x);
+  static constexpr CodecTable kTable = CodecTable::kMap;
+  static Lut16 HostTree() { return {}; }
+  __device__ static uint8_t Encode(const float* tree, float x) {
+    return EncodeDynamic8bitTree(tree, x);
   }
 };
 
@@ -80,6 +87,7 @@ struct QuantizeParams {
   uint8_t* codes;          // packed 4-bit (high nibble first) or one byte per element
   float* absmax;           // NumBlocks(n, blocksize)
   const float* table;      // 256-entry map in device memory (8-bit codec), else null
+  Lut16 tree;              // threshold tree of a kTree16 codec (Codec::HostTree())
   const float* subtract;   // device scalar subtracted from every element first (double quant)
   bool vectorized;         // input 16-byte aligned, codes 8- (4-bit) or 16-byte (8-bit) aligned
 };
@@ -143,13 +151,21 @@ __device__ __forceinline__ void StoreCodes(uint8_t* codes, int64_t e0, int64_t n
 template <typename In, typename Codec>
 __global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizeParams p) {
   using T = typename In::Storage;
-  __shared__ float table[Codec::kUsesTable ? 256 : 1];
+  __shared__ float table[Codec::kTable == CodecTable::kMap ? kMapTreeSize : 16];
   __shared__ float scratch[kThreads / 32];
-  if constexpr (Codec::kUsesTable) {
-    static_assert(kThreads == 256);
-    table[threadIdx.x] = p.table[threadIdx.x];
-    __syncthreads();
+  static_assert(kThreads >= 256);
+  if constexpr (Codec::kTable == CodecTable::kMap) {
+    LoadMapTree(p.table, table);
+  } else if constexpr (Codec::kTable == CodecTable::kTree16) {
+    // One thread, constant indices: indexing the kernel parameter with a thread-dependent index
+    // (or taking a reference to it) makes the compiler copy the whole parameter block to local
+    // memory.
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) table[i] = p.tree.v[i];
+    }
   }
+  __syncthreads();
   const T* input = static_cast<const T*>(p.input);
   const int group = (1 << p.log2_blocksize) / kEpt;
   const float subtract = p.subtract != nullptr ? *p.subtract : 0.0f;
@@ -177,10 +193,6 @@ __global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizePara
     StoreCodes<Codec::kBits>(p.codes, e0, p.n, full, q);
   }
 }
-
-struct Lut16 {
-  float v[16];
-};
 
 struct DequantizeParams {
   const uint8_t* codes;
@@ -218,16 +230,15 @@ __global__ void __launch_bounds__(kThreads) DequantizeBlockwiseKernel(Dequantize
   if constexpr (kBits == 8) {
     static_assert(kThreads == 256);
     table[threadIdx.x] = p.table[threadIdx.x];
-  } else if (threadIdx.x < 16) {
+  } else if (threadIdx.x == 0) {  // constant indices only: see QuantizeBlockwiseKernel
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      if (i == static_cast<int>(threadIdx.x)) table[i] = p.lut16.v[i];
-    }
+    for (int i = 0; i < 16; ++i) table[i] = p.lut16.v[i];
   }
+  __syncthreads();
   // A NaN can only come out of table * scale when one of them is not finite; then the slow path
-  // reproduces the host's NaN bits (HostMul).
-  const bool table_finite =
-      __syncthreads_and(threadIdx.x >= (1 << kBits) || isfinite(table[threadIdx.x]));
+  // reproduces the host's NaN bits (HostMul). The 4-bit code books are finite.
+  bool table_finite = true;
+  if constexpr (kBits == 8) table_finite = __syncthreads_and(isfinite(table[threadIdx.x]));
   const int64_t base = (static_cast<int64_t>(blockIdx.x) * kIters * kThreads + threadIdx.x) * kEpt;
   constexpr int kCodeBytes = kEpt * kBits / 8;
   const int64_t code_bytes = (p.n * kBits + 7) / 8;
@@ -286,6 +297,8 @@ inline int Log2Blocksize(int64_t blocksize) { return __builtin_ctzll(static_cast
 template <typename In, typename Codec>
 absl::Status LaunchQuantize(const QuantizeParams& params, cudaStream_t stream, const char* name) {
   if (params.n == 0) return absl::OkStatus();
+  QuantizeParams p = params;
+  if constexpr (Codec::kTable == CodecTable::kTree16) p.tree = Codec::HostTree();
   KBITD_ASSIGN_OR_RETURN(const int sms, MultiprocessorCount());
   static const int ctas_per_sm = [] {
     int ctas = 0;
@@ -299,7 +312,7 @@ absl::Status LaunchQuantize(const QuantizeParams& params, cudaStream_t stream, c
   const int64_t tiles = (params.n + kTile - 1) / kTile;
   const int64_t wave = int64_t{sms} * ctas_per_sm;
   const int grid = static_cast<int>(tiles < wave ? tiles : wave);
-  QuantizeBlockwiseKernel<In, Codec><<<grid, kThreads, 0, stream>>>(params);
+  QuantizeBlockwiseKernel<In, Codec><<<grid, kThreads, 0, stream>>>(p);
   return LaunchStatus(name);
 }
 
