@@ -64,10 +64,14 @@ absl::Status ParseArgs(int argc, char** argv, Options& o) {
     } else if (name == "cols") {
       o.cols = std::stoll(value);
     } else if (name == "dtype") {
-      if (value == "bf16") o.dtype = ScalarType::kBFloat16;
-      else if (value == "f16" || value == "fp16") o.dtype = ScalarType::kFloat16;
-      else if (value == "f32" || value == "fp32") o.dtype = ScalarType::kFloat32;
-      else return absl::InvalidArgumentError(absl::StrCat("unknown --dtype ", value));
+      if (value == "bf16")
+        o.dtype = ScalarType::kBFloat16;
+      else if (value == "f16" || value == "fp16")
+        o.dtype = ScalarType::kFloat16;
+      else if (value == "f32" || value == "fp32")
+        o.dtype = ScalarType::kFloat32;
+      else
+        return absl::InvalidArgumentError(absl::StrCat("unknown --dtype ", value));
     } else if (name == "blocksize") {
       o.blocksize = std::stoll(value);
     } else if (name == "quant") {
@@ -174,7 +178,8 @@ class Bench {
       KBITD_ASSIGN_OR_RETURN(set.codes8, DeviceBuffer::Allocate(n_));
       KBITD_ASSIGN_OR_RETURN(set.absmax8, DeviceBuffer::Allocate(4 * nblocks8));
       KBITD_ASSIGN_OR_RETURN(set.nested_codes, DeviceBuffer::Allocate(nblocks));
-      KBITD_ASSIGN_OR_RETURN(set.nested_absmax, DeviceBuffer::Allocate(4 * NumBlocks(nblocks, 256)));
+      KBITD_ASSIGN_OR_RETURN(set.nested_absmax,
+                             DeviceBuffer::Allocate(4 * NumBlocks(nblocks, 256)));
       KBITD_ASSIGN_OR_RETURN(set.offset, DeviceBuffer::Allocate(4));
       KBITD_ASSIGN_OR_RETURN(set.cb, DeviceBuffer::Allocate(n_));
       KBITD_ASSIGN_OR_RETURN(set.scb, DeviceBuffer::Allocate(4 * o_.rows));
@@ -232,10 +237,10 @@ class Bench {
     void* s = stream_;
 
     KBITD_RETURN_IF_ERROR(Report("copy", "cudaMemcpyAsync", 2 * in_bytes, [&](Set& set) {
-      return CudaStatus(cudaMemcpyAsync(set.output.data(), set.input.data(),
-                                        static_cast<size_t>(in_bytes), cudaMemcpyDeviceToDevice,
-                                        stream_),
-                        "cudaMemcpyAsync");
+      return CudaStatus(
+          cudaMemcpyAsync(set.output.data(), set.input.data(), static_cast<size_t>(in_bytes),
+                          cudaMemcpyDeviceToDevice, stream_),
+          "cudaMemcpyAsync");
     }));
     KBITD_RETURN_IF_ERROR(Report("quantize", "api", moved4, [&](Set& set) {
       return Quantize4bit(q, set.input.data(), t, n_, bs, set.packed.as<uint8_t>(),

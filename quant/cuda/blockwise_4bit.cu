@@ -1,8 +1,7 @@
-#include "quant/cuda/blockwise_4bit.h"
-
 #include "common/status_macros.h"
 #include "quant/blockwise_internal.h"
 #include "quant/codebooks.h"
+#include "quant/cuda/blockwise_4bit.h"
 #include "quant/cuda/blockwise_kernels.cuh"
 #include "quant/cuda/cuda_check.h"
 
@@ -43,17 +42,15 @@ absl::Status Quantize4bit(FourBitType type, const void* input, ScalarType input_
   params.vectorized = IsAligned(input, 16) && IsAligned(packed, 8);
   return internal::DispatchElem(input_type, [&](auto in) {
     using In = decltype(in);
-    return type == FourBitType::kNf4
-               ? internal::LaunchQuantize<In, internal::Nf4Codec>(params, AsCudaStream(stream),
-                                                                  "Quantize4bit(nf4)")
-               : internal::LaunchQuantize<In, internal::Fp4Codec>(params, AsCudaStream(stream),
-                                                                  "Quantize4bit(fp4)");
+    return type == FourBitType::kNf4 ? internal::LaunchQuantize<In, internal::Nf4Codec>(
+                                           params, AsCudaStream(stream), "Quantize4bit(nf4)")
+                                     : internal::LaunchQuantize<In, internal::Fp4Codec>(
+                                           params, AsCudaStream(stream), "Quantize4bit(fp4)");
   });
 }
 
-absl::Status Dequantize4bit(FourBitType type, const uint8_t* packed, const float* absmax,
-                            int64_t n, int64_t blocksize, ScalarType output_type, void* output,
-                            void* stream) {
+absl::Status Dequantize4bit(FourBitType type, const uint8_t* packed, const float* absmax, int64_t n,
+                            int64_t blocksize, ScalarType output_type, void* output, void* stream) {
   KBITD_RETURN_IF_ERROR(CheckArgs(n, blocksize, output_type, "4-bit dequantization output"));
   KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(packed, n, "4-bit packed input"));
   KBITD_RETURN_IF_ERROR(quant::internal::CheckPointer(absmax, n, "4-bit absmax input"));

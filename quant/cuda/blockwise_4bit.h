@@ -19,8 +19,7 @@ absl::Status Quantize4bit(FourBitType type, const void* input, ScalarType input_
                           int64_t blocksize, uint8_t* packed, float* absmax, void* stream);
 
 // output[k] = output_type(f32(code_book[code(k)] * absmax[k / blocksize])).
-absl::Status Dequantize4bit(FourBitType type, const uint8_t* packed, const float* absmax,
-                            int64_t n, int64_t blocksize, ScalarType output_type, void* output,
-                            void* stream);
+absl::Status Dequantize4bit(FourBitType type, const uint8_t* packed, const float* absmax, int64_t n,
+                            int64_t blocksize, ScalarType output_type, void* output, void* stream);
 
 }  // namespace kbitd::quant::cuda

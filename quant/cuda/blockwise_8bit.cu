@@ -1,7 +1,6 @@
-#include "quant/cuda/blockwise_8bit.h"
-
 #include "common/status_macros.h"
 #include "quant/blockwise_internal.h"
+#include "quant/cuda/blockwise_8bit.h"
 #include "quant/cuda/blockwise_kernels.cuh"
 #include "quant/cuda/cuda_check.h"
 

@@ -1,7 +1,7 @@
-// Blockwise 8-bit quantization with a 256-entry code (bnb quantize_blockwise / dequantize_blockwise)
-// on the GPU: the device-pointer twin of quant/blockwise_8bit.h with byte-identical results.
-// Public: no CUDA headers; `stream` is a cudaStream_t (nullptr = default stream), work is queued
-// and not waited for. All pointers, code256 included, are device pointers.
+// Blockwise 8-bit quantization with a 256-entry code (bnb quantize_blockwise /
+// dequantize_blockwise) on the GPU: the device-pointer twin of quant/blockwise_8bit.h with
+// byte-identical results. Public: no CUDA headers; `stream` is a cudaStream_t (nullptr = default
+// stream), work is queued and not waited for. All pointers, code256 included, are device pointers.
 #pragma once
 
 #include <cstdint>

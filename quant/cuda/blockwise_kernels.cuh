@@ -16,9 +16,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "quant/codebooks.h"
 #include "quant/cuda/cuda_check.h"
 #include "quant/cuda/elements.cuh"
-#include "quant/codebooks.h"
 #include "quant/cuda/encode_tree.cuh"
 #include "quant/encode.h"
 
@@ -81,15 +81,15 @@ __device__ __forceinline__ float GroupMax(float v, int group, float* scratch) {
 }
 
 struct QuantizeParams {
-  const void* input;       // n elements of the In type
+  const void* input;  // n elements of the In type
   int64_t n;
   int log2_blocksize;
-  uint8_t* codes;          // packed 4-bit (high nibble first) or one byte per element
-  float* absmax;           // NumBlocks(n, blocksize)
-  const float* table;      // 256-entry map in device memory (8-bit codec), else null
-  Lut16 tree;              // threshold tree of a kTree16 codec (Codec::HostTree())
-  const float* subtract;   // device scalar subtracted from every element first (double quant)
-  bool vectorized;         // input 16-byte aligned, codes 8- (4-bit) or 16-byte (8-bit) aligned
+  uint8_t* codes;         // packed 4-bit (high nibble first) or one byte per element
+  float* absmax;          // NumBlocks(n, blocksize)
+  const float* table;     // 256-entry map in device memory (8-bit codec), else null
+  Lut16 tree;             // threshold tree of a kTree16 codec (Codec::HostTree())
+  const float* subtract;  // device scalar subtracted from every element first (double quant)
+  bool vectorized;        // input 16-byte aligned, codes 8- (4-bit) or 16-byte (8-bit) aligned
 };
 
 // Loads the thread's kEpt elements starting at e0 as float; elements at or past n read as 0.0
@@ -117,7 +117,8 @@ __device__ __forceinline__ void StoreCodes(uint8_t* codes, int64_t e0, int64_t n
       uint8_t b[kEpt / 2];
     } packed;
 #pragma unroll
-    for (int j = 0; j < kEpt / 2; ++j) packed.b[j] = static_cast<uint8_t>((q[2 * j] << 4) | q[2 * j + 1]);
+    for (int j = 0; j < kEpt / 2; ++j)
+      packed.b[j] = static_cast<uint8_t>((q[2 * j] << 4) | q[2 * j + 1]);
     if (full) {
       __stcs(reinterpret_cast<uint2*>(codes + e0 / 2), packed.v);
     } else {
@@ -199,12 +200,12 @@ struct DequantizeParams {
   const float* absmax;
   int64_t n;
   int log2_blocksize;
-  void* output;         // n elements of the Out type
-  const float* table;   // 256-entry map in device memory (8-bit), else null
-  Lut16 lut16;          // the 4-bit code book
-  float offset;         // added after the scale when add_offset (nested absmax reconstruction)
+  void* output;        // n elements of the Out type
+  const float* table;  // 256-entry map in device memory (8-bit), else null
+  Lut16 lut16;         // the 4-bit code book
+  float offset;        // added after the scale when add_offset (nested absmax reconstruction)
   bool add_offset;
-  bool vectorized;      // output 16-byte aligned, codes 8- (4-bit) or 16-byte (8-bit) aligned
+  bool vectorized;  // output 16-byte aligned, codes 8- (4-bit) or 16-byte (8-bit) aligned
 };
 
 template <int kBits>
@@ -291,7 +292,9 @@ __global__ void __launch_bounds__(kThreads) DequantizeBlockwiseKernel(Dequantize
 // ---- host side ----
 
 // log2 of a validated (power-of-two) blocksize.
-inline int Log2Blocksize(int64_t blocksize) { return __builtin_ctzll(static_cast<uint64_t>(blocksize)); }
+inline int Log2Blocksize(int64_t blocksize) {
+  return __builtin_ctzll(static_cast<uint64_t>(blocksize));
+}
 
 // Grid-stride launch: as many CTAs as fit on the device at once (one full wave), fewer for small n.
 template <typename In, typename Codec>
@@ -316,8 +319,8 @@ absl::Status LaunchQuantize(const QuantizeParams& params, cudaStream_t stream, c
   return LaunchStatus(name);
 }
 
-// Elements per dequantize thread = kEpt * kDequantIters (2 measured fastest on H100: 1, 2, 4, 8 gave
-// 68.4, 65.8, 79.0, 92.7 us for 8192x8192 bf16 NF4).
+// Elements per dequantize thread = kEpt * kDequantIters (2 measured fastest on H100: 1, 2, 4, 8
+// gave 68.4, 65.8, 79.0, 92.7 us for 8192x8192 bf16 NF4).
 inline constexpr int kDequantIters = 2;
 
 template <typename Out, int kBits, int kIters = kDequantIters>

@@ -1,5 +1,6 @@
 // Internal to quant/cuda (includes the CUDA runtime header; public headers must not): the one place
-// where a cudaError_t becomes an absl::Status, and the launch check every kernel launch goes through.
+// where a cudaError_t becomes an absl::Status, and the launch check every kernel launch goes
+// through.
 #pragma once
 
 #include <cuda_runtime_api.h>

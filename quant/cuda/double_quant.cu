@@ -1,5 +1,3 @@
-#include "quant/cuda/double_quant.h"
-
 #include <cfloat>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +6,7 @@
 #include "quant/blockwise_internal.h"
 #include "quant/cuda/blockwise_kernels.cuh"
 #include "quant/cuda/cuda_check.h"
+#include "quant/cuda/double_quant.h"
 
 namespace kbitd::quant::cuda {
 namespace {
@@ -115,8 +114,8 @@ __global__ void __launch_bounds__(kReduceThreads)
     r = CtaCombine(r);
   }
   if (threadIdx.x != 0) return;
-  const bool exact = !r.irregular &&
-                     (r.lowest_bit == INT_MAX || r.sum < scalbn(1.0, 53 + r.lowest_bit));
+  const bool exact =
+      !r.irregular && (r.lowest_bit == INT_MAX || r.sum < scalbn(1.0, 53 + r.lowest_bit));
   double sum = r.sum;
   if (!exact) {  // the CPU's order, one value at a time
     sum = 0.0;
@@ -125,8 +124,8 @@ __global__ void __launch_bounds__(kReduceThreads)
   *offset = __double2float_rn(__ddiv_rn(sum, static_cast<double>(n)));
 }
 
-absl::Status ComputeOffset(const float* absmax, int64_t nblocks, uint8_t* scratch,
-                           float* offset, cudaStream_t stream) {
+absl::Status ComputeOffset(const float* absmax, int64_t nblocks, uint8_t* scratch, float* offset,
+                           cudaStream_t stream) {
   if (nblocks <= kChunk) {
     FinishOffsetKernel<<<1, kReduceThreads, 0, stream>>>(absmax, nblocks, nullptr, 0, offset);
     return LaunchStatus("DoubleQuantizeAbsmax offset");
@@ -135,7 +134,7 @@ absl::Status ComputeOffset(const float* absmax, int64_t nblocks, uint8_t* scratc
   const uintptr_t aligned = (reinterpret_cast<uintptr_t>(scratch) + 15) & ~uintptr_t{15};
   auto* records = reinterpret_cast<SumRecord*>(aligned);
   PartialSumKernel<<<static_cast<unsigned>(chunks), kReduceThreads, 0, stream>>>(absmax, nblocks,
-                                                                                   records);
+                                                                                 records);
   KBITD_RETURN_IF_ERROR(LaunchStatus("DoubleQuantizeAbsmax partial sums"));
   FinishOffsetKernel<<<1, kReduceThreads, 0, stream>>>(absmax, nblocks, records,
                                                        static_cast<int>(chunks), offset);

@@ -33,7 +33,9 @@ struct F16 {
 struct BF16 {
   using Storage = uint16_t;
   static constexpr ScalarType kType = ScalarType::kBFloat16;
-  __device__ static float Load(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+  __device__ static float Load(uint16_t v) {
+    return __uint_as_float(static_cast<uint32_t>(v) << 16);
+  }
   // Round-to-nearest-even on the bits, NaN kept quiet with its payload: FloatToBFloat16.
   __device__ static uint16_t Store(float v) {
     const uint32_t bits = __float_as_uint(v);

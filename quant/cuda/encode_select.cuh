@@ -21,8 +21,8 @@ __device__ __forceinline__ uint8_t EncodeNf4Select(float x) {
   const bool b2 = x > (b3 ? t11 : t3);
   const bool b1 = x > (b3 ? (b2 ? t13 : t9) : (b2 ? t5 : t1));
   // Leaf threshold t[2 * idx], idx = b3 b2 b1.
-  const float leaf = b3 ? (b2 ? (b1 ? t14 : t12) : (b1 ? t10 : t8))
-                        : (b2 ? (b1 ? t6 : t4) : (b1 ? t2 : t0));
+  const float leaf =
+      b3 ? (b2 ? (b1 ? t14 : t12) : (b1 ? t10 : t8)) : (b2 ? (b1 ? t6 : t4) : (b1 ? t2 : t0));
   const int idx = (b3 ? 4 : 0) | (b2 ? 2 : 0) | (b1 ? 1 : 0);
   return static_cast<uint8_t>(2 * idx + (x > leaf ? 1 : 0));
 }

@@ -2,8 +2,8 @@
 // quant/encode.h (bnb dQuantizeNF4 / dQuantizeFP4 / dQuantize<0> in csrc/kernels.cu) with its
 // thresholds in shared memory in breadth-first (Eytzinger) order: node k's children are 2k and
 // 2k+1, so every step is one load, one compare and one shift-add, without divergence, and each tree
-// level lies in consecutive words (few bank conflicts). The comparisons are the reference's, against
-// the same binary32 values, in the same order, so the codes are the same on every input
+// level lies in consecutive words (few bank conflicts). The comparisons are the reference's,
+// against the same binary32 values, in the same order, so the codes are the same on every input
 // (CountEncoderMismatches checks all 2^32 of them).
 #pragma once
 

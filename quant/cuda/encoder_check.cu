@@ -1,11 +1,10 @@
-#include "quant/cuda/encoder_check.h"
-
 #include "common/status_macros.h"
 #include "quant/codebooks.h"
 #include "quant/cuda/cuda_check.h"
 #include "quant/cuda/device.h"
 #include "quant/cuda/encode_select.cuh"
 #include "quant/cuda/encode_tree.cuh"
+#include "quant/cuda/encoder_check.h"
 #include "quant/encode.h"
 
 namespace kbitd::quant::cuda {

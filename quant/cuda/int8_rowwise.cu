@@ -1,5 +1,3 @@
-#include "quant/cuda/int8_rowwise.h"
-
 #include <cuda_fp16.h>
 
 #include "absl/strings/str_cat.h"
@@ -7,6 +5,7 @@
 #include "quant/blockwise_internal.h"
 #include "quant/cuda/cuda_check.h"
 #include "quant/cuda/elements.cuh"
+#include "quant/cuda/int8_rowwise.h"
 #include "quant/encode.h"
 
 namespace kbitd::quant::cuda {
@@ -114,8 +113,8 @@ __global__ void __launch_bounds__(kRowThreads)
     }
   } else {
     for (int64_t c = threadIdx.x; c < cols; c += kRowThreads) {
-      dst[c] = Out::Store(internal::HostMul(internal::HostMul(static_cast<float>(src[c]), s),
-                                            kInt8DequantScale));
+      dst[c] = Out::Store(
+          internal::HostMul(internal::HostMul(static_cast<float>(src[c]), s), kInt8DequantScale));
     }
   }
 }
@@ -143,9 +142,9 @@ absl::Status QuantizeRowwiseInt8(const void* weight, ScalarType type, int64_t ro
   if (rows == 0) return absl::OkStatus();
   const bool vectorized = cols % kVec == 0 && IsAligned(weight, 16) && IsAligned(cb, 16);
   return internal::DispatchElem(type, [&](auto in) {
-    QuantizeRowwiseKernel<decltype(in)><<<static_cast<unsigned>(rows), kRowThreads, 0,
-                                          AsCudaStream(stream)>>>(weight, cols, cb, scb,
-                                                                  vectorized);
+    QuantizeRowwiseKernel<decltype(in)>
+        <<<static_cast<unsigned>(rows), kRowThreads, 0, AsCudaStream(stream)>>>(weight, cols, cb,
+                                                                                scb, vectorized);
     return LaunchStatus("QuantizeRowwiseInt8");
   });
 }
@@ -160,9 +159,9 @@ absl::Status DequantizeRowwiseInt8(const int8_t* cb, const float* scb, int64_t r
   if (rows == 0 || cols == 0) return absl::OkStatus();
   const bool vectorized = cols % kVec == 0 && IsAligned(cb, 16) && IsAligned(output, 16);
   return internal::DispatchElem(output_type, [&](auto out) {
-    DequantizeRowwiseKernel<decltype(out)><<<static_cast<unsigned>(rows), kRowThreads, 0,
-                                             AsCudaStream(stream)>>>(cb, scb, cols, output,
-                                                                     vectorized);
+    DequantizeRowwiseKernel<decltype(out)>
+        <<<static_cast<unsigned>(rows), kRowThreads, 0, AsCudaStream(stream)>>>(cb, scb, cols,
+                                                                                output, vectorized);
     return LaunchStatus("DequantizeRowwiseInt8");
   });
 }

@@ -18,8 +18,8 @@
 
 namespace kbitd::quant::cuda::testing {
 
-#define KBITD_SKIP_WITHOUT_GPU()                                          \
-  do {                                                                    \
+#define KBITD_SKIP_WITHOUT_GPU()                                                    \
+  do {                                                                              \
     if (::kbitd::quant::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
