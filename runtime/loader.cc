@@ -12,6 +12,7 @@
 #include "quant/double_quant.h"
 #include "quant/int8_rowwise.h"
 #include "runtime/checkpoint.h"
+#include "runtime/tokenizer.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -365,33 +366,21 @@ absl::Status CheckFileExists(const std::string& path, const std::string& what) {
   return absl::OkStatus();
 }
 
-// Every token id the tokenizer can produce must index the embedding (tokenizer.json: model.vocab
-// and added_tokens ids).
-absl::Status CheckTokenizerVocab(const std::string& path, int64_t vocab_size) {
-  KBITD_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 256 << 20));
-  absl::StatusOr<JsonValue> json = ParseJson(text);
-  if (!json.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
-  int64_t max_id = -1;
-  const JsonValue* model = json->Find("model");
-  const JsonValue* vocab = model != nullptr ? model->Find("vocab") : nullptr;
-  if (vocab != nullptr && vocab->is_object()) {
-    for (const auto& [token, id] : vocab->object()) max_id = std::max(max_id, id.integer_value());
-  } else if (vocab != nullptr && vocab->is_array()) {  // Unigram: [[piece, score], ...]
-    max_id = static_cast<int64_t>(vocab->array().size()) - 1;
+// Loads tokenizer.json; every token id it can produce must index the embedding.
+absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string& path,
+                                                               int64_t vocab_size) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
+  if (!tokenizer.ok()) {
+    return absl::Status(tokenizer.status().code(),
+                        absl::StrCat(path, ": ", tokenizer.status().message()));
   }
-  if (const JsonValue* added = json->Find("added_tokens"); added != nullptr && added->is_array()) {
-    for (const JsonValue& t : added->array()) {
-      if (const JsonValue* id = t.Find("id"); id != nullptr && id->is_integer()) {
-        max_id = std::max(max_id, id->integer_value());
-      }
-    }
-  }
-  if (max_id >= vocab_size) {
+  if ((*tokenizer)->vocab_size() > vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path, ": tokenizer produces token id ", max_id, " but the model's vocab_size is ",
-        vocab_size, " (tokenizer and checkpoint do not belong together)"));
+        path, ": tokenizer produces token id ", (*tokenizer)->vocab_size() - 1,
+        " but the model's vocab_size is ", vocab_size,
+        " (tokenizer and checkpoint do not belong together)"));
   }
-  return absl::OkStatus();
+  return std::shared_ptr<const Tokenizer>(std::move(*tokenizer));
 }
 
 }  // namespace
@@ -404,9 +393,12 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   }
   KBITD_RETURN_IF_ERROR(CheckFileExists(dir + "/config.json", "config.json"));
   KBITD_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(dir + "/config.json"));
+  std::shared_ptr<const Tokenizer> tokenizer;
   if (options.require_tokenizer) {
     KBITD_RETURN_IF_ERROR(CheckFileExists(dir + "/tokenizer.json", "tokenizer.json"));
-    KBITD_RETURN_IF_ERROR(CheckTokenizerVocab(dir + "/tokenizer.json", config.vocab_size));
+  }
+  if (std::filesystem::exists(dir + "/tokenizer.json", ec)) {
+    KBITD_ASSIGN_OR_RETURN(tokenizer, LoadTokenizer(dir + "/tokenizer.json", config.vocab_size));
   }
   KBITD_ASSIGN_OR_RETURN(PlacementPlan plan,
                          MakePlacementPlan(options.placement, /*have_cuda_backend=*/false));
@@ -442,6 +434,7 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   Model::Parts parts;
   parts.name = options.name;
   parts.config = config;
+  parts.tokenizer = std::move(tokenizer);
   parts.host_pool = pool;
   parts.compute_dtype = compute_dtype;
   ModelWeights& w = parts.weights;
@@ -475,8 +468,6 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
         LoadLinear(ctx, "lm_head", config.vocab_size, config.hidden_size, false, &w.lm_head));
   }
   parts.parameter_count = ctx.parameter_count;
-  // TODO(model): attach runtime/tokenizer.h's Tokenizer once it lands, checking its vocabulary
-  // against config.vocab_size.
   KBITD_LOG(Info) << "loaded " << options.name << " from " << dir << ": "
                   << parts.parameter_count << " parameters, "
                   << pool->owner_bytes(options.name, MemoryCategory::kWeights) << " weight bytes";

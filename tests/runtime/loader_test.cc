@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "runtime/checkpoint.h"
 #include "runtime/safetensors_writer.h"
+#include "runtime/tokenizer.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -78,6 +79,11 @@ TEST(LoaderTest, QuantizeOnLoadSkipsLmHeadAndCountsBytes) {
   EXPECT_LT(m.weight_bytes(), 4 * m.parameter_count());
   EXPECT_EQ(m.memory_usage()[0].bytes[static_cast<int>(MemoryCategory::kWeights)], m.weight_bytes());
   EXPECT_EQ(m.FindLinear("nope"), nullptr);
+  ASSERT_NE(m.tokenizer(), nullptr);
+  EXPECT_EQ(m.tokenizer()->vocab_size(), 384);
+  auto ids = m.tokenizer()->Encode("kbitd serves models", false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(*m.tokenizer()->Decode(*ids, false), "kbitd serves models");
 }
 
 TEST(LoaderTest, SkipModulesReplaceTheDefault) {
