@@ -12,13 +12,15 @@ namespace {
 
 const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
 
-std::shared_ptr<Model> LoadNf4() {
+std::shared_ptr<Model> LoadModelAt(const std::string& relative) {
   LoadOptions options;
-  options.path = kModels + "/qwen2/nf4-dq";
+  options.path = kModels + "/" + relative;
   auto model = LoadModel(options);
   EXPECT_TRUE(model.ok()) << model.status();
   return *model;
 }
+
+std::shared_ptr<Model> LoadNf4() { return LoadModelAt("qwen2/nf4-dq"); }
 
 std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model, int64_t kv_tokens = 1024) {
   Engine::Options options;
@@ -61,8 +63,12 @@ std::vector<int32_t> GenerateAlone(std::shared_ptr<Model> model, const std::vect
   return out;
 }
 
-TEST(EngineTest, BatchedDifferentLengthsMatchEachAlone) {
-  auto model = LoadNf4();
+class BatchingTest : public ::testing::TestWithParam<std::string> {};
+
+// Every weight format (LLM.int8 included: its outlier columns are chosen per token) gives the
+// same tokens batched as alone.
+TEST_P(BatchingTest, BatchedDifferentLengthsMatchEachAlone) {
+  auto model = LoadModelAt(GetParam());
   const std::vector<std::vector<int32_t>> prompts = {Prompt(3, 1), Prompt(17, 2), Prompt(9, 3)};
   const int kNew = 8;
   std::vector<std::vector<int32_t>> alone;
@@ -95,6 +101,10 @@ TEST(EngineTest, BatchedDifferentLengthsMatchEachAlone) {
   }
   for (uint64_t id = 0; id < prompts.size(); ++id) EXPECT_EQ(got[id], alone[id]) << "sequence " << id;
 }
+
+INSTANTIATE_TEST_SUITE_P(Formats, BatchingTest,
+                         ::testing::Values("qwen2/nf4-dq", "llama/int8", "mistral/fp32",
+                                           "llama/fp4"));
 
 TEST(EngineTest, SameSeedSameTokensDifferentSeedDiffers) {
   auto model = LoadNf4();
