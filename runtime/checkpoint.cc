@@ -38,6 +38,16 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_by
   return text;
 }
 
+absl::StatusOr<JsonValue> ReadJsonObjectFile(const std::string& path) {
+  KBITD_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path));
+  auto json = ParseJson(text);
+  if (!json.ok())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", json.status().message()));
+  if (!json->is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  return *std::move(json);
+}
+
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& path,
                                                              const SafetensorsLimits& limits) {
   std::unique_ptr<Checkpoint> checkpoint(new Checkpoint());

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/json.h"
 #include "runtime/safetensors.h"
 
 namespace kbitd::runtime {
@@ -64,5 +65,8 @@ class Checkpoint {
 
 // Reads a JSON file whole (config.json, index.json, ...) with a size cap; errors name the path.
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes = 64 << 20);
+
+// Reads and strictly parses a JSON file that must hold one object (config.json, ...).
+absl::StatusOr<JsonValue> ReadJsonObjectFile(const std::string& path);
 
 }  // namespace kbitd::runtime

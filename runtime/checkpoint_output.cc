@@ -162,6 +162,34 @@ absl::Status CopyAuxiliaryFiles(const std::string& from, const std::string& to) 
   return absl::OkStatus();
 }
 
+absl::Status ReportConvertedItem(const ConvertProgressFn& callback, const std::string& name,
+                                 const std::string& action, uint64_t bytes_read,
+                                 uint64_t bytes_written, const std::string& out_dir,
+                                 ConvertProgress* progress) {
+  ++progress->done;
+  progress->name = name;
+  progress->action = action;
+  progress->bytes_read = bytes_read;
+  progress->bytes_written = bytes_written;
+  if (callback && !callback(*progress)) {
+    return absl::CancelledError(
+        absl::StrCat("cancelled after ", name, "; nothing was written to ", out_dir));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CompleteCheckpointFolder(ShardedCheckpointWriter& writer, StagedFolder& staged,
+                                      const std::string& in_dir, const JsonValue& config,
+                                      ConvertSummary* summary) {
+  KBITD_RETURN_IF_ERROR(writer.Finish());
+  summary->bytes_written = writer.total_bytes();
+  summary->shards = writer.num_shards();
+  KBITD_RETURN_IF_ERROR(
+      WriteTextFile((fs::path(staged.path()) / "config.json").string(), WriteHfConfigJson(config)));
+  KBITD_RETURN_IF_ERROR(CopyAuxiliaryFiles(in_dir, staged.path()));
+  return staged.Commit();
+}
+
 absl::Status WriteTextFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;

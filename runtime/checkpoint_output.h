@@ -12,6 +12,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
+#include "common/json.h"
+#include "runtime/convert_progress.h"
 #include "runtime/safetensors.h"
 #include "runtime/safetensors_writer.h"
 
@@ -84,6 +86,20 @@ class ShardedCheckpointWriter {
 // safetensors files and their index, and pickled/other weight formats (.bin, .pt, .pth, .ckpt,
 // .h5, .msgpack, .gguf), which must not be carried over next to converted weights.
 absl::Status CopyAuxiliaryFiles(const std::string& from, const std::string& to);
+
+// Counts one finished conversion item into `progress` and reports it to `callback` (may be
+// empty); CANCELLED (naming `out_dir`) when the callback asks to stop.
+absl::Status ReportConvertedItem(const ConvertProgressFn& callback, const std::string& name,
+                                 const std::string& action, uint64_t bytes_read,
+                                 uint64_t bytes_written, const std::string& out_dir,
+                                 ConvertProgress* progress);
+
+// Completes a converted checkpoint: finishes `writer` (recording totals in `summary`), writes
+// `config` as config.json the way transformers does, copies the side files of `in_dir` and renames
+// `staged` into place.
+absl::Status CompleteCheckpointFolder(ShardedCheckpointWriter& writer, StagedFolder& staged,
+                                      const std::string& in_dir, const JsonValue& config,
+                                      ConvertSummary* summary);
 
 // Writes `text` to `path` (created or truncated); errors name the path.
 absl::Status WriteTextFile(const std::string& path, const std::string& text);

@@ -16,7 +16,9 @@ struct ConvertProgress {
   uint64_t bytes_written = 0;  // cumulative output tensor bytes
 };
 
-using ConvertProgressFn = std::function<void(const ConvertProgress&)>;
+// Called after each item; returning false cancels the conversion (CANCELLED, nothing is left at
+// the destination), which is how an interrupted kbitq or an abandoned request stops early.
+using ConvertProgressFn = std::function<bool(const ConvertProgress&)>;
 
 // What a finished conversion did.
 struct ConvertSummary {

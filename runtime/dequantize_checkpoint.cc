@@ -51,12 +51,8 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
   }
   KBITD_ASSIGN_OR_RETURN(auto staged, StagedFolder::Create(out_dir));
   KBITD_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(in_dir));
-  const std::string config_path = (fs::path(in_dir) / "config.json").string();
-  KBITD_ASSIGN_OR_RETURN(std::string config_text, ReadSmallFile(config_path));
-  auto hf_config = ParseJson(config_text);
-  if (!hf_config.ok() || !hf_config->is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
-  }
+  KBITD_ASSIGN_OR_RETURN(JsonValue hf_config,
+                         ReadJsonObjectFile((fs::path(in_dir) / "config.json").string()));
   KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
   if (layout.modules.empty()) {
     return absl::FailedPreconditionError(
@@ -125,21 +121,12 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
       checkpoint->DropPages(item.name);
       ++summary.copied;
     }
-    ++progress.done;
-    progress.name = item.name;
-    progress.action = item.module ? "dequantize" : "copy";
-    progress.bytes_read = summary.bytes_read;
-    progress.bytes_written = writer->total_bytes();
-    if (options.progress) options.progress(progress);
+    KBITD_RETURN_IF_ERROR(
+        ReportConvertedItem(options.progress, item.name, item.module ? "dequantize" : "copy",
+                            summary.bytes_read, writer->total_bytes(), out_dir, &progress));
   }
-  KBITD_RETURN_IF_ERROR(writer->Finish());
-  summary.bytes_written = writer->total_bytes();
-  summary.shards = writer->num_shards();
-  KBITD_RETURN_IF_ERROR(
-      WriteTextFile((fs::path(staged->path()) / "config.json").string(),
-                    WriteHfConfigJson(PlainConfig(*std::move(hf_config), options.dtype))));
-  KBITD_RETURN_IF_ERROR(CopyAuxiliaryFiles(in_dir, staged->path()));
-  KBITD_RETURN_IF_ERROR(staged->Commit());
+  KBITD_RETURN_IF_ERROR(CompleteCheckpointFolder(
+      *writer, *staged, in_dir, PlainConfig(std::move(hf_config), options.dtype), &summary));
   return summary;
 }
 

@@ -133,6 +133,18 @@ TEST(DequantizeCheckpointTest, RejectsPlainAndCorruptCheckpoints) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+TEST(DequantizeCheckpointTest, ACancelledRunLeavesNothing) {
+  DequantizeCheckpointOptions options;
+  options.progress = [](const ConvertProgress& p) { return p.done < 2; };
+  const std::string out = FreshDir("cancelled");
+  auto result = DequantizeCheckpoint(kData + "/bnb_nf4", out, options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& entry : fs::directory_iterator(fs::path(out).parent_path())) {
+    EXPECT_THAT(entry.path().filename().string(), ::testing::Not(HasSubstr(".cancelled.partial")));
+  }
+}
+
 TEST(InspectCheckpointTest, ReportsFormatsBytesAndSaving) {
   auto report = InspectCheckpoint(kData + "/bnb_nf4_dq");
   ASSERT_TRUE(report.ok()) << report.status();

@@ -1,0 +1,252 @@
+// kbitq: offline bitsandbytes-compatible checkpoint tool.
+//   kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]
+//         [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]
+//         [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]
+//   kbitq inspect DIR [--json]
+//   kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]
+// Exit status: 0 success, 1 conversion error (message names the file/tensor), 2 usage error.
+#include <signal.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "runtime/dequantize_checkpoint.h"
+#include "runtime/inspect_checkpoint.h"
+#include "runtime/quantize_checkpoint.h"
+
+namespace kbitd::runtime {
+namespace {
+
+constexpr char kUsage[] =
+    "usage:\n"
+    "  kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]\n"
+    "        [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]\n"
+    "        [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]\n"
+    "  kbitq inspect DIR [--json]\n"
+    "  kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]\n";
+
+struct Args {
+  std::string command;
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> flags;
+};
+
+absl::StatusOr<Args> Parse(int argc, char** argv, const std::set<std::string>& value_flags,
+                           const std::set<std::string>& bool_flags) {
+  Args args;
+  args.command = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      args.positional.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2), value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (bool_flags.count(name)) {
+      if (has_value) return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+      args.flags[name] = "1";
+    } else if (value_flags.count(name)) {
+      if (!has_value) {
+        if (i + 1 >= argc)
+          return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        value = argv[++i];
+      }
+      args.flags[name] = value;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown option --", name, " for ", args.command));
+    }
+  }
+  return args;
+}
+
+absl::StatusOr<std::string> Required(const Args& args, const std::string& name) {
+  auto it = args.flags.find(name);
+  if (it == args.flags.end() || it->second.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(args.command, " needs --", name));
+  }
+  return it->second;
+}
+
+absl::StatusOr<ScalarType> DtypeFlag(const std::string& flag, const std::string& value,
+                                     bool allow_uint8) {
+  static const std::map<std::string, ScalarType> kNames = {
+      {"bf16", ScalarType::kBFloat16}, {"bfloat16", ScalarType::kBFloat16},
+      {"fp16", ScalarType::kFloat16},  {"float16", ScalarType::kFloat16},
+      {"fp32", ScalarType::kFloat32},  {"float32", ScalarType::kFloat32},
+      {"uint8", ScalarType::kUInt8}};
+  auto it = kNames.find(value);
+  if (it == kNames.end() || (it->second == ScalarType::kUInt8 && !allow_uint8)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": unknown dtype \"", value, "\""));
+  }
+  return it->second;
+}
+
+// Set by SIGINT/SIGTERM: the conversion stops after the current tensor and removes its staging
+// folder (a second signal kills at once: the handler is one-shot).
+volatile std::sig_atomic_t g_interrupted = 0;
+
+void OnSignal(int) { g_interrupted = 1; }
+
+void InstallSignalHandlers() {
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  action.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+ConvertProgressFn MakeProgress(bool quiet) {
+  InstallSignalHandlers();
+  return [quiet](const ConvertProgress& p) {
+    if (g_interrupted) return false;
+    if (quiet) return true;
+    std::fprintf(stderr, "[%*lld/%lld] %-10s %s\n",
+                 static_cast<int>(std::to_string(p.total).size()), static_cast<long long>(p.done),
+                 static_cast<long long>(p.total), p.action.c_str(), p.name.c_str());
+    return true;
+  };
+}
+
+void PrintSummary(const char* verb, const ConvertSummary& s, const std::string& out) {
+  std::fprintf(stderr,
+               "%s %lld modules, copied %lld tensors: %.2f MiB -> %.2f MiB in %d file(s) at %s\n",
+               verb, static_cast<long long>(s.converted), static_cast<long long>(s.copied),
+               s.bytes_read / 1048576.0, s.bytes_written / 1048576.0, s.shards, out.c_str());
+}
+
+absl::Status Quantize(const Args& args) {
+  KBITD_ASSIGN_OR_RETURN(std::string in, Required(args, "in"));
+  KBITD_ASSIGN_OR_RETURN(std::string out, Required(args, "out"));
+  KBITD_ASSIGN_OR_RETURN(std::string type, Required(args, "type"));
+  QuantizeCheckpointOptions options;
+  QuantizationConfig& c = options.config;
+  if (type == "int8") {
+    c.load_in_8bit = true;
+    for (const char* flag : {"double-quant", "blocksize", "quant-storage", "compute-dtype"}) {
+      if (args.flags.count(flag)) {
+        return absl::InvalidArgumentError(absl::StrCat("--", flag, " applies to nf4/fp4 only"));
+      }
+    }
+  } else if (type == "nf4" || type == "fp4") {
+    c.load_in_4bit = true;
+    c.bnb_4bit_quant_type = type;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--type: unknown type \"", type, "\" (nf4, fp4 or int8)"));
+  }
+  c.bnb_4bit_use_double_quant = args.flags.count("double-quant") > 0;
+  if (auto it = args.flags.find("blocksize"); it != args.flags.end()) {
+    if (!absl::SimpleAtoi(it->second, &c.blocksize)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--blocksize: \"", it->second, "\" is not a number"));
+    }
+  }
+  if (auto it = args.flags.find("compute-dtype"); it != args.flags.end()) {
+    KBITD_ASSIGN_OR_RETURN(c.bnb_4bit_compute_dtype, DtypeFlag("compute-dtype", it->second, false));
+  }
+  if (auto it = args.flags.find("quant-storage"); it != args.flags.end()) {
+    KBITD_ASSIGN_OR_RETURN(c.bnb_4bit_quant_storage, DtypeFlag("quant-storage", it->second, true));
+  }
+  if (auto it = args.flags.find("skip-modules"); it != args.flags.end()) {
+    std::vector<std::string> names = absl::StrSplit(it->second, ',', absl::SkipWhitespace());
+    c.llm_int8_skip_modules = names;
+  }
+  if (auto it = args.flags.find("max-shard-size"); it != args.flags.end()) {
+    if (!absl::SimpleAtoi(it->second, &options.output.max_shard_bytes) ||
+        options.output.max_shard_bytes == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--max-shard-size: \"", it->second, "\" is not a positive byte count"));
+    }
+  }
+  KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(c));
+  options.progress = MakeProgress(args.flags.count("quiet") > 0);
+  KBITD_ASSIGN_OR_RETURN(ConvertSummary summary, QuantizeCheckpoint(in, out, options));
+  PrintSummary("quantized", summary, out);
+  return absl::OkStatus();
+}
+
+absl::Status Dequantize(const Args& args) {
+  KBITD_ASSIGN_OR_RETURN(std::string in, Required(args, "in"));
+  KBITD_ASSIGN_OR_RETURN(std::string out, Required(args, "out"));
+  DequantizeCheckpointOptions options;
+  if (auto it = args.flags.find("dtype"); it != args.flags.end()) {
+    KBITD_ASSIGN_OR_RETURN(ScalarType dtype, DtypeFlag("dtype", it->second, false));
+    options.dtype = dtype;
+  }
+  options.progress = MakeProgress(args.flags.count("quiet") > 0);
+  KBITD_ASSIGN_OR_RETURN(ConvertSummary summary, DequantizeCheckpoint(in, out, options));
+  PrintSummary("dequantized", summary, out);
+  return absl::OkStatus();
+}
+
+absl::Status Inspect(const Args& args) {
+  if (args.positional.size() != 1) {
+    return absl::InvalidArgumentError("inspect needs exactly one checkpoint folder");
+  }
+  KBITD_ASSIGN_OR_RETURN(CheckpointReport report, InspectCheckpoint(args.positional[0]));
+  std::cout << (args.flags.count("json") ? ReportToJson(report) : FormatReport(report));
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
+    std::cerr << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  absl::StatusOr<Args> args;
+  absl::Status (*run)(const Args&) = nullptr;
+  if (command == "quantize") {
+    args = Parse(argc, argv,
+                 {"in", "out", "type", "blocksize", "compute-dtype", "quant-storage",
+                  "skip-modules", "max-shard-size"},
+                 {"double-quant", "quiet"});
+    run = Quantize;
+  } else if (command == "dequantize") {
+    args = Parse(argc, argv, {"in", "out", "dtype"}, {"quiet"});
+    run = Dequantize;
+  } else if (command == "inspect") {
+    args = Parse(argc, argv, {}, {"json"});
+    run = Inspect;
+  } else {
+    std::cerr << "kbitq: unknown command \"" << command << "\"\n" << kUsage;
+    return 2;
+  }
+  if (args.ok() && command != "inspect" && !args->positional.empty()) {
+    args = absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", args->positional[0], "\""));
+  }
+  if (!args.ok()) {
+    std::cerr << "kbitq: " << args.status().message() << "\n" << kUsage;
+    return 2;
+  }
+  absl::Status status = run(*args);
+  if (!status.ok()) {
+    std::cerr << "kbitq " << command << ": error: " << status.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kbitd::runtime
+
+int main(int argc, char** argv) { return kbitd::runtime::Main(argc, argv); }
