@@ -86,8 +86,8 @@ absl::StatusOr<Buffer> CopyBytes(LoadContext& ctx, const TensorView& view) {
 }
 
 // A float vector tensor (norm weight, bias) converted to float32.
-absl::StatusOr<const float*> LoadFloatVector(LoadContext& ctx, const std::string& name,
-                                             int64_t n, std::vector<Buffer>* storage) {
+absl::StatusOr<const float*> LoadFloatVector(LoadContext& ctx, const std::string& name, int64_t n,
+                                             std::vector<Buffer>* storage) {
   KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {n}));
   KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, n * sizeof(float)));
   for (int64_t i = 0; i < n; ++i) {
@@ -122,9 +122,8 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   if (q.load_in_8bit) {
     KBITD_ASSIGN_OR_RETURN(Buffer cb, Allocate(ctx, n));
     KBITD_ASSIGN_OR_RETURN(Buffer scb, Allocate(ctx, w->out_features * sizeof(float)));
-    KBITD_RETURN_IF_ERROR(quant::QuantizeRowwiseInt8(data, view.dtype, w->out_features,
-                                                     w->in_features, cb.as<int8_t>(),
-                                                     scb.as<float>()));
+    KBITD_RETURN_IF_ERROR(quant::QuantizeRowwiseInt8(
+        data, view.dtype, w->out_features, w->in_features, cb.as<int8_t>(), scb.as<float>()));
     w->format = LinearWeight::Format::kInt8Rowwise;
     w->cb = cb.as<int8_t>();
     w->scb = scb.as<float>();
@@ -133,7 +132,8 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
     w->storage.push_back(std::move(scb));
     return absl::OkStatus();
   }
-  KBITD_ASSIGN_OR_RETURN(quant::FourBitType type, quant::FourBitTypeFromName(q.bnb_4bit_quant_type));
+  KBITD_ASSIGN_OR_RETURN(quant::FourBitType type,
+                         quant::FourBitTypeFromName(q.bnb_4bit_quant_type));
   const int64_t blocks = quant::NumBlocks(n, q.blocksize);
   KBITD_ASSIGN_OR_RETURN(Buffer packed, Allocate(ctx, quant::Packed4bitBytes(n)));
   std::vector<float> absmax(blocks);
@@ -176,9 +176,9 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
 absl::StatusOr<Buffer> LoadF32(LoadContext& ctx, const std::string& name, int64_t count) {
   KBITD_ASSIGN_OR_RETURN(TensorView view, ctx.checkpoint.Get(name));
   if (view.dtype != ScalarType::kFloat32 || view.NumElements() != count) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " must be F32 with ", count,
-                                                   " elements (has ", view.NumElements(), " of ",
-                                                   std::string(SafetensorsDtypeName(view.dtype)), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", name, " must be F32 with ", count, " elements (has ", view.NumElements(), " of ",
+        std::string(SafetensorsDtypeName(view.dtype)), ")"));
   }
   KBITD_ASSIGN_OR_RETURN(Buffer b, CopyBytes(ctx, view));
   ctx.Consumed(name);
@@ -194,7 +194,8 @@ absl::Status LoadPrequantized4bit(LoadContext& ctx, const std::string& prefix,
                         state_view.data.size());
   absl::StatusOr<JsonValue> state = ParseJson(text);
   if (!state.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", state_key, ": ", state.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor ", state_key, ": ", state.status().message()));
   }
   auto bad = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", state_key, ": ", what));
@@ -212,15 +213,16 @@ absl::Status LoadPrequantized4bit(LoadContext& ctx, const std::string& prefix,
     return bad(absl::StrCat("shape must be [", w->out_features, ", ", w->in_features, "]"));
   }
   if (absl::StatusOr<std::string> dtype = state->GetString("dtype"); dtype.ok()) {
-    if (absl::StatusOr<ScalarType> t = ScalarTypeFromTorchName(*dtype); t.ok()) w->original_dtype = *t;
+    if (absl::StatusOr<ScalarType> t = ScalarTypeFromTorchName(*dtype); t.ok())
+      w->original_dtype = *t;
   }
   const int64_t n = w->out_features * w->in_features;
   const int64_t blocks = quant::NumBlocks(n, *blocksize);
   KBITD_ASSIGN_OR_RETURN(TensorView packed, ctx.checkpoint.Get(p));
   if (static_cast<int64_t>(packed.data.size()) != quant::Packed4bitBytes(n)) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", p, " has ", packed.data.size(),
-                                                   " bytes, expected ",
-                                                   quant::Packed4bitBytes(n), " (packed 4-bit)"));
+                                                   " bytes, expected ", quant::Packed4bitBytes(n),
+                                                   " (packed 4-bit)"));
   }
   KBITD_ASSIGN_OR_RETURN(Buffer packed_buffer, CopyBytes(ctx, packed));
   ctx.Consumed(p);
@@ -334,19 +336,18 @@ absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out
 absl::Status LoadLayer(LoadContext& ctx, int64_t i, LayerWeights* layer) {
   const ModelConfig& c = ctx.config;
   const std::string p = absl::StrCat("model.layers.", i);
-  KBITD_ASSIGN_OR_RETURN(layer->input_layernorm,
-                         LoadFloatVector(ctx, p + ".input_layernorm.weight", c.hidden_size,
-                                         &layer->storage));
-  KBITD_ASSIGN_OR_RETURN(layer->post_attention_layernorm,
-                         LoadFloatVector(ctx, p + ".post_attention_layernorm.weight",
-                                         c.hidden_size, &layer->storage));
+  KBITD_ASSIGN_OR_RETURN(layer->input_layernorm, LoadFloatVector(ctx, p + ".input_layernorm.weight",
+                                                                 c.hidden_size, &layer->storage));
+  KBITD_ASSIGN_OR_RETURN(
+      layer->post_attention_layernorm,
+      LoadFloatVector(ctx, p + ".post_attention_layernorm.weight", c.hidden_size, &layer->storage));
   const std::string a = p + ".self_attn", m = p + ".mlp";
-  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, a + ".q_proj", c.q_size(), c.hidden_size,
-                                   c.attention_bias, &layer->q_proj));
-  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, a + ".k_proj", c.kv_size(), c.hidden_size,
-                                   c.attention_bias, &layer->k_proj));
-  KBITD_RETURN_IF_ERROR(LoadLinear(ctx, a + ".v_proj", c.kv_size(), c.hidden_size,
-                                   c.attention_bias, &layer->v_proj));
+  KBITD_RETURN_IF_ERROR(
+      LoadLinear(ctx, a + ".q_proj", c.q_size(), c.hidden_size, c.attention_bias, &layer->q_proj));
+  KBITD_RETURN_IF_ERROR(
+      LoadLinear(ctx, a + ".k_proj", c.kv_size(), c.hidden_size, c.attention_bias, &layer->k_proj));
+  KBITD_RETURN_IF_ERROR(
+      LoadLinear(ctx, a + ".v_proj", c.kv_size(), c.hidden_size, c.attention_bias, &layer->v_proj));
   KBITD_RETURN_IF_ERROR(
       LoadLinear(ctx, a + ".o_proj", c.hidden_size, c.q_size(), c.o_proj_bias, &layer->o_proj));
   KBITD_RETURN_IF_ERROR(LoadLinear(ctx, m + ".gate_proj", c.intermediate_size, c.hidden_size,
@@ -375,10 +376,10 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
                         absl::StrCat(path, ": ", tokenizer.status().message()));
   }
   if ((*tokenizer)->vocab_size() > vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": tokenizer produces token id ", (*tokenizer)->vocab_size() - 1,
-        " but the model's vocab_size is ", vocab_size,
-        " (tokenizer and checkpoint do not belong together)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": tokenizer produces token id ", (*tokenizer)->vocab_size() - 1,
+                     " but the model's vocab_size is ", vocab_size,
+                     " (tokenizer and checkpoint do not belong together)"));
   }
   return std::shared_ptr<const Tokenizer>(std::move(*tokenizer));
 }
@@ -413,12 +414,20 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
 
   LoadContext ctx{options, config, *checkpoint, *pool};
   ctx.prequantized = config.quantization.has_value() && config.quantization->quantized();
-  ScalarType compute_dtype = config.torch_dtype;
+  if (options.compute_dtype.has_value() && *options.compute_dtype != ScalarType::kFloat32 &&
+      *options.compute_dtype != ScalarType::kFloat16 &&
+      *options.compute_dtype != ScalarType::kBFloat16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("compute dtype ", std::string(TorchDtypeName(*options.compute_dtype)),
+                     " is not a floating-point dtype (float32, float16 or bfloat16)"));
+  }
+  ScalarType compute_dtype = options.compute_dtype.value_or(config.torch_dtype);
   if (ctx.prequantized) {
     if (options.quantization.has_value() && options.quantization->quantized()) {
       KBITD_LOG(Warning) << dir << " is already quantized; the requested quantization is ignored";
     }
-    if (config.quantization->load_in_4bit) compute_dtype = config.quantization->bnb_4bit_compute_dtype;
+    if (config.quantization->load_in_4bit)
+      compute_dtype = config.quantization->bnb_4bit_compute_dtype;
   } else if (options.quantization.has_value() && options.quantization->quantized()) {
     KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(*options.quantization));
     ctx.quantize = options.quantization;
@@ -440,7 +449,8 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   ModelWeights& w = parts.weights;
   {
     const std::string name = "model.embed_tokens.weight";
-    KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {config.vocab_size, config.hidden_size}));
+    KBITD_ASSIGN_OR_RETURN(TensorView view,
+                           GetFloat(ctx, name, {config.vocab_size, config.hidden_size}));
     KBITD_ASSIGN_OR_RETURN(Buffer embed, CopyBytes(ctx, view));
     w.embed_dtype = view.dtype;
     w.embed_tokens = embed.data();
@@ -468,9 +478,9 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
         LoadLinear(ctx, "lm_head", config.vocab_size, config.hidden_size, false, &w.lm_head));
   }
   parts.parameter_count = ctx.parameter_count;
-  KBITD_LOG(Info) << "loaded " << options.name << " from " << dir << ": "
-                  << parts.parameter_count << " parameters, "
-                  << pool->owner_bytes(options.name, MemoryCategory::kWeights) << " weight bytes";
+  KBITD_LOG(Info) << "loaded " << options.name << " from " << dir << ": " << parts.parameter_count
+                  << " parameters, " << pool->owner_bytes(options.name, MemoryCategory::kWeights)
+                  << " weight bytes";
   return std::make_shared<Model>(std::move(parts));
 }
 

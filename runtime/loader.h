@@ -38,9 +38,13 @@ struct LoadOptions {
   PlacementOptions placement;
   // Host pool to allocate from (shared by models); null = a private unlimited pool.
   std::shared_ptr<MemoryPool> host_pool;
-  MemoryObserver* observer = nullptr;  // used only for a private pool
+  MemoryObserver* observer = nullptr;                 // used only for a private pool
   std::function<void(const LoadProgress&)> progress;  // called after each tensor; may be null
   bool require_tokenizer = true;  // FAILED_PRECONDITION if tokenizer.json is missing
+  // Activation dtype (transformers' from_pretrained(dtype=...)): float32, float16 or bfloat16.
+  // nullopt = the checkpoint's torch_dtype. 4-bit models keep bnb_4bit_compute_dtype, the dtype
+  // of their quantized matmuls, as transformers + bitsandbytes do.
+  std::optional<ScalarType> compute_dtype;
 };
 
 // Errors name the file or tensor at fault: NOT_FOUND for missing files/tensors,

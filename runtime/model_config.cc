@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 #include "common/json.h"
 #include "common/status_macros.h"
 
@@ -14,7 +15,8 @@ namespace {
 // Reads an optional field; `missing` leaves *out unchanged. Errors name the file and field.
 class FieldReader {
  public:
-  FieldReader(const JsonValue& json, std::string source) : json_(json), source_(std::move(source)) {}
+  FieldReader(const JsonValue& json, std::string source)
+      : json_(json), source_(std::move(source)) {}
 
   absl::Status Error(const std::string& field, const std::string& what) const {
     return absl::InvalidArgumentError(absl::StrCat(source_, ": \"", field, "\" ", what));
@@ -27,7 +29,8 @@ class FieldReader {
     const JsonValue* v = Find(key);
     if (v == nullptr) return required ? Error(key, "is missing") : absl::OkStatus();
     if (!v->is_integer()) return Error(key, "must be an integer");
-    if (v->integer_value() < min) return Error(key, absl::StrCat("= ", v->integer_value(), " must be >= ", min));
+    if (v->integer_value() < min)
+      return Error(key, absl::StrCat("= ", v->integer_value(), " must be >= ", min));
     *out = v->integer_value();
     return absl::OkStatus();
   }
@@ -81,9 +84,9 @@ absl::Status ParseRope(const JsonValue& json, const std::string& source, ModelCo
     return absl::OkStatus();
   }
   if (name != "linear" && name != "llama3") {
-    return absl::UnimplementedError(absl::StrCat(
-        source, ": ", rope_field, " type \"", name,
-        "\" is not supported (supported: default, linear, llama3)"));
+    return absl::UnimplementedError(
+        absl::StrCat(source, ": ", rope_field, " type \"", name,
+                     "\" is not supported (supported: default, linear, llama3)"));
   }
   if (r.Find("factor") == nullptr) return r.Error("factor", "is missing");
   KBITD_RETURN_IF_ERROR(r.Number("factor", &s.factor));
@@ -130,25 +133,27 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   FieldReader f(json, src);
   ModelConfig c;
   const JsonValue* type = f.Find("model_type");
-  if (type == nullptr || !type->is_string()) return f.Error("model_type", "is missing or not a string");
+  if (type == nullptr || !type->is_string())
+    return f.Error("model_type", "is missing or not a string");
   c.model_type = type->string_value();
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
-    return absl::UnimplementedError(absl::StrCat(
-        src, ": model_type \"", c.model_type,
-        "\" is not supported (supported: llama, mistral, qwen2)"));
+    return absl::UnimplementedError(
+        absl::StrCat(src, ": model_type \"", c.model_type,
+                     "\" is not supported (supported: llama, mistral, qwen2)"));
   }
   if (const JsonValue* archs = f.Find("architectures"); archs != nullptr && archs->is_array() &&
-                                                         !archs->array().empty() &&
-                                                         archs->array()[0].is_string()) {
+                                                        !archs->array().empty() &&
+                                                        archs->array()[0].is_string()) {
     c.architecture = archs->array()[0].string_value();
     static const char* kSupported[] = {"LlamaForCausalLM", "MistralForCausalLM",
                                        "Qwen2ForCausalLM"};
     bool ok = false;
     for (const char* a : kSupported) ok |= c.architecture == a;
     if (!ok) {
-      return absl::UnimplementedError(absl::StrCat(
-          src, ": architecture \"", c.architecture,
-          "\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"));
+      return absl::UnimplementedError(
+          absl::StrCat(src, ": architecture \"", c.architecture,
+                       "\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM, "
+                       "Qwen2ForCausalLM)"));
     }
   }
   KBITD_RETURN_IF_ERROR(f.Int("vocab_size", &c.vocab_size, true));
@@ -160,11 +165,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   KBITD_RETURN_IF_ERROR(f.Int("num_key_value_heads", &c.num_key_value_heads));
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     return f.Error("num_key_value_heads",
-                   absl::StrCat("= ", c.num_key_value_heads, " must divide num_attention_heads = ",
-                                c.num_attention_heads));
+                   absl::StrCat("= ", c.num_key_value_heads,
+                                " must divide num_attention_heads = ", c.num_attention_heads));
   }
   if (f.Find("head_dim") == nullptr && c.hidden_size % c.num_attention_heads != 0) {
-    return f.Error("hidden_size", "must be divisible by num_attention_heads when head_dim is absent");
+    return f.Error("hidden_size",
+                   "must be divisible by num_attention_heads when head_dim is absent");
   }
   c.head_dim = c.hidden_size / c.num_attention_heads;
   KBITD_RETURN_IF_ERROR(f.Int("head_dim", &c.head_dim));
@@ -195,8 +201,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
     if (!act->is_string()) return f.Error("hidden_act", "must be a string");
     c.hidden_act = act->string_value();
     if (c.hidden_act != "silu" && c.hidden_act != "swish") {
-      return absl::UnimplementedError(absl::StrCat(src, ": hidden_act \"", c.hidden_act,
-                                                   "\" is not supported (only silu)"));
+      return absl::UnimplementedError(
+          absl::StrCat(src, ": hidden_act \"", c.hidden_act, "\" is not supported (only silu)"));
     }
   }
   // transformers 5 writes "dtype", 4.x "torch_dtype".
@@ -226,11 +232,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
 }
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return ParseModelConfig(text.str(), path);
+  KBITD_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  return ParseModelConfig(text, path);
 }
 
 }  // namespace kbitd::runtime

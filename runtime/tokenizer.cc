@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 #include "common/json.h"
 #include "common/status_macros.h"
 #include "runtime/added_vocabulary.h"
@@ -20,15 +21,6 @@ namespace kbitd::runtime {
 namespace tj = tokenizer_json;
 
 namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return buffer.str();
-}
 
 // tokenizer_config.json names special tokens as a string or as {"content": ...}.
 std::optional<std::string> ConfigTokenName(const JsonValue& config, std::string_view key) {
@@ -47,12 +39,12 @@ Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
-  KBITD_ASSIGN_OR_RETURN(std::string json, ReadFile(path));
+  KBITD_ASSIGN_OR_RETURN(std::string json, ReadFileToString(path));
   std::string config;
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
   if (std::ifstream(dir + "tokenizer_config.json").good()) {
-    KBITD_ASSIGN_OR_RETURN(config, ReadFile(dir + "tokenizer_config.json"));
+    KBITD_ASSIGN_OR_RETURN(config, ReadFileToString(dir + "tokenizer_config.json"));
   }
   auto tokenizer = FromJson(json, config);
   if (!tokenizer.ok()) {

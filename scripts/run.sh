@@ -25,6 +25,9 @@ model_root: "$PWD/models"
 models:
   - name: default
     path: default
+    # float32 activations: the CPU backend computes in float32 anyway, and this is the
+    # configuration whose greedy output equals transformers' (models/default/reference.json).
+    dtype: float32
 YAML
 echo "run.sh: serving models/default; try:"
 echo "  $BUILD_DIR/tools/kbitctl/kbitctl generate default \"def fibonacci(n):\" --max_new_tokens 64"

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/file.h"
 #include "common/status_macros.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
@@ -235,11 +236,12 @@ absl::Status ConfigBuilder::ParseYaml(std::string_view yaml, std::string_view so
 }
 
 absl::Status ConfigBuilder::ParseYamlFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return ParseYaml(text.str(), path);
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(),
+                        absl::StrCat("config file: ", std::string(text.status().message())));
+  }
+  return ParseYaml(*text, path);
 }
 
 absl::Status ConfigBuilder::Override(std::string_view path, std::string_view value) {

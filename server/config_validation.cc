@@ -175,6 +175,12 @@ absl::Status FinalizeConfig(v1::Config* config,
     }
     if (model.path().empty()) return check.Fail(path + ".path", "is required");
     KBITD_RETURN_IF_ERROR(CheckQuantization(check, path + ".quantization", model.quantization()));
+    const std::string& dtype = model.dtype();
+    if (!dtype.empty() && dtype != "auto" && dtype != "float32" && dtype != "bfloat16" &&
+        dtype != "float16") {
+      return check.Fail(path + ".dtype",
+                        absl::StrCat("'", dtype, "' is not float32, bfloat16, float16 or auto"));
+    }
   }
   return absl::OkStatus();
 }

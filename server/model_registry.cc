@@ -47,6 +47,7 @@ void DescribeModel(const runtime::Model& model, const runtime::Engine& engine,
   }
   info->set_max_context_tokens(engine.max_context());
   info->set_vocab_size(static_cast<int32_t>(model.config().vocab_size));
+  info->set_dtype(std::string(TorchDtypeName(model.compute_dtype())));
   info->clear_memory();
   for (const runtime::DeviceMemoryUsage& usage : model.memory_usage()) {
     v1::DeviceMemory& memory = *info->add_memory();
@@ -109,6 +110,15 @@ absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& r
     if (!bytes.ok())
       return WithField(absl::StrCat("placement.max_memory.", device), bytes.status());
     options.placement.max_memory[device] = *bytes;
+  }
+  if (!request.dtype().empty() && request.dtype() != "auto") {
+    auto dtype = ScalarTypeFromTorchName(request.dtype());
+    if (!dtype.ok() || (*dtype != ScalarType::kFloat32 && *dtype != ScalarType::kBFloat16 &&
+                        *dtype != ScalarType::kFloat16)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dtype: '", request.dtype(), "' is not float32, bfloat16, float16 or auto"));
+    }
+    options.compute_dtype = *dtype;
   }
   options.require_tokenizer = true;
   return options;

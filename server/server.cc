@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -19,11 +20,12 @@ constexpr char kInferenceService[] = "kbitd.v1.InferenceService";
 constexpr char kModelService[] = "kbitd.v1.ModelService";
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(),
+                        absl::StrCat(what, ": ", std::string(text.status().message())));
+  }
+  return text;
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const v1::TlsConfig& tls) {
@@ -107,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
     request.set_path(model.path());
     *request.mutable_quantization() = model.quantization();
     *request.mutable_placement() = model.placement();
+    request.set_dtype(model.dtype());
     server->registry_->Load(request, [self](absl::StatusOr<v1::ModelInfo> info) {
       if (!info.ok()) {
         KBITD_LOG(Error) << "preloading: " << info.status();

@@ -152,6 +152,10 @@ def test_bad_model_requests(daemon):
         (lambda: daemon.inference.Tokenize(pb.inference.TokenizeRequest(model="tiny",
                                                                         text=b"\xc3(")),
          grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: daemon.models.LoadModel(pb.model.LoadModelRequest(name="x", path="tiny",
+                                                                   dtype="float8"),
+                                         metadata=daemon.admin(), timeout=60),
+         grpc.StatusCode.INVALID_ARGUMENT),
     ]
     for call, code in cases:
         got, details = code_of(call)

@@ -76,6 +76,11 @@ TEST(ConfigTest, WrongTypesAndRangesNameTheLine) {
   EXPECT_THAT(bad_quant.status().message(),
               HasSubstr("kbitd.yaml:6:26: models[0].quantization.bnb_4bit_quant_type"));
 
+  auto bad_dtype = Parse("model_root: /m\nmodels:\n- name: a\n  path: a\n  dtype: float8\n");
+  EXPECT_THAT(bad_dtype.status().message(), HasSubstr("kbitd.yaml:5:10: models[0].dtype"));
+  EXPECT_THAT(bad_dtype.status().message(), HasSubstr("'float8' is not float32"));
+  EXPECT_TRUE(Parse("model_root: /m\nmodels:\n- name: a\n  path: a\n  dtype: float32\n").ok());
+
   auto bad_address = Parse("model_root: /m\nlisten_address: nowhere\n");
   EXPECT_THAT(bad_address.status().message(), HasSubstr("kbitd.yaml:2:17: listen_address"));
 

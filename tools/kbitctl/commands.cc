@@ -22,6 +22,8 @@ ABSL_FLAG(bool, load_in_8bit, false, "load: quantize to 8-bit (LLM.int8())");
 ABSL_FLAG(std::string, bnb_4bit_quant_type, "", "load: nf4 or fp4 (transformers' default fp4)");
 ABSL_FLAG(bool, bnb_4bit_use_double_quant, false, "load: quantize the absmax statistics too");
 ABSL_FLAG(std::string, bnb_4bit_compute_dtype, "", "load: float16, bfloat16 or float32");
+ABSL_FLAG(std::string, model_dtype, "",
+          "load: activation dtype float32, bfloat16 or float16 (default: the checkpoint's)");
 ABSL_FLAG(std::string, device_map, "", "load: auto, cpu, cuda:N");
 ABSL_FLAG(std::vector<std::string>, max_memory, {},
           "load: device=size pairs, e.g. cpu=8GiB,0=20GiB");
@@ -92,6 +94,7 @@ grpc::Status Load(const std::shared_ptr<grpc::Channel>& channel, const CallOptio
   q.set_bnb_4bit_quant_type(absl::GetFlag(FLAGS_bnb_4bit_quant_type));
   q.set_bnb_4bit_use_double_quant(absl::GetFlag(FLAGS_bnb_4bit_use_double_quant));
   q.set_bnb_4bit_compute_dtype(absl::GetFlag(FLAGS_bnb_4bit_compute_dtype));
+  request.set_dtype(absl::GetFlag(FLAGS_model_dtype));
   request.mutable_placement()->set_device_map(absl::GetFlag(FLAGS_device_map));
   for (const std::string& item : absl::GetFlag(FLAGS_max_memory)) {
     std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));

@@ -4,12 +4,15 @@
 //         [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]
 //   kbitq inspect DIR [--json]
 //   kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]
+//   kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]
+//         [--compute-dtype bf16|fp16|fp32] [--window N] [--threads N] [--json FILE] [--quiet]
 // Exit status: 0 success, 1 conversion error (message names the file/tensor), 2 usage error.
 #include <signal.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <set>
@@ -24,6 +27,7 @@
 #include "runtime/dequantize_checkpoint.h"
 #include "runtime/inspect_checkpoint.h"
 #include "runtime/quantize_checkpoint.h"
+#include "tools/kbitq/eval.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -34,7 +38,9 @@ constexpr char kUsage[] =
     "        [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]\n"
     "        [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]\n"
     "  kbitq inspect DIR [--json]\n"
-    "  kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]\n";
+    "  kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]\n"
+    "  kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]\n"
+    "        [--compute-dtype bf16|fp16|fp32] [--window N] [--threads N] [--json FILE] [--quiet]\n";
 
 struct Args {
   std::string command;
@@ -197,6 +203,54 @@ absl::Status Dequantize(const Args& args) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int32_t> PositiveFlag(const Args& args, const std::string& name, int32_t fallback,
+                                     bool allow_zero) {
+  auto it = args.flags.find(name);
+  if (it == args.flags.end()) return fallback;
+  int32_t value = 0;
+  if (!absl::SimpleAtoi(it->second, &value) || value < 0 || (value == 0 && !allow_zero)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, ": \"", it->second, "\" is not a ",
+                                                   allow_zero ? "non-negative" : "positive",
+                                                   " number"));
+  }
+  return value;
+}
+
+absl::Status Eval(const Args& args) {
+  EvalOptions options;
+  KBITD_ASSIGN_OR_RETURN(options.model_dir, Required(args, "model"));
+  KBITD_ASSIGN_OR_RETURN(std::string text, Required(args, "text"));
+  options.text_files = absl::StrSplit(text, ',', absl::SkipWhitespace());
+  if (auto it = args.flags.find("type"); it != args.flags.end()) {
+    options.formats = absl::StrSplit(it->second, ',', absl::SkipWhitespace());
+  }
+  if (auto it = args.flags.find("compute-dtype"); it != args.flags.end()) {
+    KBITD_ASSIGN_OR_RETURN(ScalarType dtype, DtypeFlag("compute-dtype", it->second, false));
+    options.compute_dtype = dtype;
+  }
+  KBITD_ASSIGN_OR_RETURN(options.window, PositiveFlag(args, "window", 512, false));
+  KBITD_ASSIGN_OR_RETURN(options.num_threads, PositiveFlag(args, "threads", 0, true));
+  InstallSignalHandlers();
+  const bool quiet = args.flags.count("quiet") > 0;
+  options.progress = [quiet](const std::string& format, int64_t done, int64_t) {
+    if (g_interrupted) return false;
+    if (!quiet)
+      std::fprintf(stderr, "\r%-8s %lld tokens scored", format.c_str(),
+                   static_cast<long long>(done));
+    return true;
+  };
+  KBITD_ASSIGN_OR_RETURN(std::vector<EvalRow> rows, RunEval(options));
+  if (!quiet) std::fprintf(stderr, "\n");
+  std::cout << FormatEvalTable(rows);
+  if (auto it = args.flags.find("json"); it != args.flags.end()) {
+    std::ofstream out(it->second, std::ios::binary | std::ios::trunc);
+    out << EvalRowsToJson(options, rows);
+    out.close();
+    if (!out) return absl::InvalidArgumentError(absl::StrCat("cannot write ", it->second));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Inspect(const Args& args) {
   if (args.positional.size() != 1) {
     return absl::InvalidArgumentError("inspect needs exactly one checkpoint folder");
@@ -223,6 +277,11 @@ int Main(int argc, char** argv) {
   } else if (command == "dequantize") {
     args = Parse(argc, argv, {"in", "out", "dtype"}, {"quiet"});
     run = Dequantize;
+  } else if (command == "eval") {
+    args =
+        Parse(argc, argv, {"model", "text", "type", "compute-dtype", "window", "threads", "json"},
+              {"quiet"});
+    run = Eval;
   } else if (command == "inspect") {
     args = Parse(argc, argv, {}, {"json"});
     run = Inspect;
