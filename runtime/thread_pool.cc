@@ -1,6 +1,9 @@
 #include "runtime/thread_pool.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <chrono>
 
 namespace kbitd::runtime {
 namespace {
@@ -9,6 +12,9 @@ void ChunkBounds(int64_t n, int chunks, int index, int64_t* begin, int64_t* end)
   *begin = n * index / chunks;
   *end = n * (index + 1) / chunks;
 }
+
+// Spin-wait hint; keeps a spinning core from starving its SMT sibling and saves power.
+inline void CpuRelax() { _mm_pause(); }
 
 }  // namespace
 
@@ -19,43 +25,47 @@ ThreadPool::ThreadPool(int num_threads) {
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true, std::memory_order_release);
   {
     absl::MutexLock lock(&mu_);
-    stop_ = true;
+    wake_.SignalAll();
   }
   for (std::thread& t : workers_) t.join();
+}
+
+uint64_t ThreadPool::AwaitGeneration(uint64_t seen) {
+  const auto spin_until =
+      std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  for (int spins = 1;; ++spins) {
+    const uint64_t g = generation_.load(std::memory_order_acquire);
+    if (g != seen || stop_.load(std::memory_order_acquire)) return g;
+    if (spins % 64 != 0 || std::chrono::steady_clock::now() < spin_until) {
+      CpuRelax();
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    ++sleepers_;
+    // The caller increments generation_ before it takes mu_ to signal, so checking under mu_
+    // cannot miss a wake-up.
+    while (generation_.load(std::memory_order_acquire) == seen &&
+           !stop_.load(std::memory_order_acquire)) {
+      wake_.Wait(&mu_);
+    }
+    --sleepers_;
+  }
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   while (true) {
-    const std::function<void(int64_t, int64_t)>* task;
-    int64_t n;
-    int chunks;
-    {
-      absl::MutexLock lock(&mu_);
-      struct Wait {
-        ThreadPool* pool;
-        uint64_t seen;
-      } wait{this, seen};
-      mu_.Await(absl::Condition(
-          +[](Wait* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return w->pool->stop_ || w->pool->generation_ != w->seen;
-          },
-          &wait));
-      if (stop_) return;
-      seen = generation_;
-      task = task_;
-      n = task_n_;
-      chunks = task_chunks_;
-    }
-    if (index < chunks) {
+    seen = AwaitGeneration(seen);
+    if (stop_.load(std::memory_order_acquire)) return;
+    if (index < task_chunks_) {
       int64_t begin, end;
-      ChunkBounds(n, chunks, index, &begin, &end);
-      (*task)(begin, end);
+      ChunkBounds(task_n_, task_chunks_, index, &begin, &end);
+      (*task_)(begin, end);
     }
-    absl::MutexLock lock(&mu_);
-    --pending_;
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -63,26 +73,33 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  int chunks = static_cast<int>(std::min<int64_t>(num_threads_, (n + grain - 1) / grain));
+  const int chunks = static_cast<int>(std::min<int64_t>(num_threads_, (n + grain - 1) / grain));
   if (chunks <= 1) {
     fn(0, n);
     return;
   }
+  // Every worker is idle here (the previous call waited for pending_ == 0).
+  task_ = &fn;
+  task_n_ = n;
+  task_chunks_ = chunks;
+  pending_.store(num_threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
   {
     absl::MutexLock lock(&mu_);
-    task_ = &fn;
-    task_n_ = n;
-    task_chunks_ = chunks;
-    pending_ = num_threads_ - 1;
-    ++generation_;
+    if (sleepers_ > 0) wake_.SignalAll();
   }
   int64_t begin, end;
   ChunkBounds(n, chunks, 0, &begin, &end);
   fn(begin, end);
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](int* pending) { return *pending == 0; }, &pending_));
-  task_ = nullptr;
+  // A worker may have been descheduled (more threads than cores): after a short spin, yield the
+  // core to it instead of burning the time slice it needs.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 4096) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 }  // namespace kbitd::runtime
