@@ -199,8 +199,12 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     } else {
       KBITD_ASSIGN_OR_RETURN(tokenizer, runtime::Tokenizer::FromFile(path + "/tokenizer.json"));
     }
+    runtime::Engine::Options engine_options = options_.engine;
+    if (options_.metrics) {
+      engine_options.kernel_observer = options_.metrics->KernelObserverFor(request.name());
+    }
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
-                           runtime::Engine::Create(model, options_.engine));
+                           runtime::Engine::Create(model, engine_options));
     auto result = std::make_shared<ServedModel>();
     result->model = model;
     result->tokenizer = tokenizer;

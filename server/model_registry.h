@@ -54,7 +54,7 @@ class ModelRegistry {
   struct Options {
     ModelRoot root;
     absl::Duration unload_grace = absl::Seconds(30);
-    runtime::Engine::Options engine;
+    runtime::Engine::Options engine;  // kernel_observer is filled per model from `metrics`
     Scheduler::Options scheduler;    // metrics is filled per model
     Metrics* metrics = nullptr;      // not owned; may be null
     DeviceWorker* worker = nullptr;  // not owned; required
