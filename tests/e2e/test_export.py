@@ -152,3 +152,26 @@ def test_unload_racing_an_export_leaves_a_complete_folder_or_nothing(daemon):
     assert no_partial_folders(daemon)
     code, _ = code_of(lambda: daemon.models.GetModel(pb.model.GetModelRequest(name="export-race")))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_kbitctl_export(daemon):
+    import subprocess
+
+    from conftest import ADMIN_TOKEN, BUILD
+
+    kbitctl = BUILD / "tools" / "kbitctl" / "kbitctl"
+    if not kbitctl.exists():
+        pytest.skip(f"{kbitctl} is not built")
+    base = [str(kbitctl), f"--address=127.0.0.1:{daemon.port}", "--timeout=120"]
+    done = subprocess.run(base + [f"--admin_token={ADMIN_TOKEN}", "--dtype=float16", "export",
+                                  "tiny", "kbitctl-export"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["output_path"] == "kbitctl-export" and int(reply["tensors"]) == 21
+    header = safetensors_header(daemon.root / "models" / "kbitctl-export" / "model.safetensors")
+    assert {t["dtype"] for t in header.values()} == {"F16"}
+    # Without the token the daemon refuses, and kbitctl says why.
+    done = subprocess.run(base + ["export", "tiny", "kbitctl-export-2"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
+    assert not (daemon.root / "models" / "kbitctl-export-2").exists()

@@ -18,16 +18,18 @@ namespace fs = std::filesystem;
 
 const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
 
+// "<tmp>/export_checkpoint_test/<name>/out" in a fresh folder of its own: ctest runs test cases
+// in parallel processes, and each must see only its own staging folders.
 std::string FreshDir(const std::string& name) {
-  std::string dir = testing::TempDir() + "/export_checkpoint_test/" + name;
-  fs::remove_all(dir);
-  fs::create_directories(fs::path(dir).parent_path());
-  return dir;
+  const std::string folder = testing::TempDir() + "/export_checkpoint_test/" + name;
+  fs::remove_all(folder);
+  fs::create_directories(folder);
+  return folder + "/out";
 }
 
-// Whether a staged ".<name>.partial-XXXXXX" folder was left behind.
-bool HasStagingFolders() {
-  for (const auto& entry : fs::directory_iterator(testing::TempDir() + "/export_checkpoint_test")) {
+// Whether a staged ".out.partial-XXXXXX" folder was left next to `out`.
+bool HasStagingFolders(const std::string& out) {
+  for (const auto& entry : fs::directory_iterator(fs::path(out).parent_path())) {
     if (entry.path().filename().string().find(".partial-") != std::string::npos) return true;
   }
   return false;
@@ -75,7 +77,7 @@ TEST_P(ExportCheckpointTest, ReloadsWithDequantizedWeightsAndSameLogits) {
   ASSERT_TRUE(summary.ok()) << summary.status();
   const int64_t layers = quantized->config().num_hidden_layers;
   EXPECT_EQ(summary->converted, 7 * layers + (quantized->config().tie_word_embeddings ? 0 : 1));
-  EXPECT_FALSE(HasStagingFolders());
+  EXPECT_FALSE(HasStagingFolders(out));
 
   // A plain checkpoint: no quantization_config, dtype recorded, tokenizer carried over.
   auto config = ReadJsonObjectFile(out + "/config.json");
@@ -186,7 +188,7 @@ TEST(ExportCheckpointErrorsTest, ExistingDestinationAndCancellationLeaveNothingN
   EXPECT_EQ(summary.status().code(), absl::StatusCode::kCancelled) << summary.status();
   EXPECT_EQ(calls, 3);
   EXPECT_FALSE(fs::exists(cancelled));
-  EXPECT_FALSE(HasStagingFolders());
+  EXPECT_FALSE(HasStagingFolders(cancelled));
 
   summary = ExportCheckpoint(*model, source, FreshDir("bad_dtype"), {.dtype = ScalarType::kInt8});
   EXPECT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument) << summary.status();
