@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -188,6 +189,36 @@ absl::Status CompleteCheckpointFolder(ShardedCheckpointWriter& writer, StagedFol
       WriteTextFile((fs::path(staged.path()) / "config.json").string(), WriteHfConfigJson(config)));
   KBITD_RETURN_IF_ERROR(CopyAuxiliaryFiles(in_dir, staged.path()));
   return staged.Commit();
+}
+
+bool IsFloatingDtype(ScalarType type) {
+  return type == ScalarType::kFloat32 || type == ScalarType::kFloat16 ||
+         type == ScalarType::kBFloat16;
+}
+
+void CastElements(const void* data, ScalarType from, size_t count, ScalarType to,
+                  std::vector<uint8_t>* out) {
+  out->resize(count * ScalarTypeSize(to));
+  for (size_t i = 0; i < count; ++i) StoreFromFloat(out->data(), to, i, LoadAsFloat(data, from, i));
+}
+
+JsonValue PlainHfConfig(JsonValue config, std::optional<ScalarType> dtype) {
+  auto& members = config.mutable_object();
+  members.erase(std::remove_if(members.begin(), members.end(),
+                               [](const auto& m) { return m.first == "quantization_config"; }),
+                members.end());
+  if (dtype) {
+    JsonValue name = JsonValue::String(std::string(TorchDtypeName(*dtype)));
+    bool set = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (config.Find(key) != nullptr) {
+        config.Set(key, name);
+        set = true;
+      }
+    }
+    if (!set) config.Set("torch_dtype", name);
+  }
+  return config;
 }
 
 absl::Status WriteTextFile(const std::string& path, const std::string& text) {

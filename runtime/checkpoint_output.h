@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -100,6 +101,18 @@ absl::Status ReportConvertedItem(const ConvertProgressFn& callback, const std::s
 absl::Status CompleteCheckpointFolder(ShardedCheckpointWriter& writer, StagedFolder& staged,
                                       const std::string& in_dir, const JsonValue& config,
                                       ConvertSummary* summary);
+
+// float32, float16 or bfloat16: the dtypes a dequantized or cast tensor may be written in.
+bool IsFloatingDtype(ScalarType type);
+
+// Converts `count` elements of `from` at `data` to `to` (floating-point dtypes), into `out`.
+void CastElements(const void* data, ScalarType from, size_t count, ScalarType to,
+                  std::vector<uint8_t>* out);
+
+// config.json of a plain checkpoint made from `config`: no "quantization_config", and `dtype`
+// (when set) recorded under the key(s) the input used ("dtype" in transformers 5, "torch_dtype"
+// before; "torch_dtype" when it had neither).
+JsonValue PlainHfConfig(JsonValue config, std::optional<ScalarType> dtype);
 
 // Writes `text` to `path` (created or truncated); errors name the path.
 absl::Status WriteTextFile(const std::string& path, const std::string& text);

@@ -13,40 +13,11 @@
 
 namespace kbitd::runtime {
 namespace fs = std::filesystem;
-namespace {
-
-bool IsCastable(ScalarType type) {
-  return type == ScalarType::kFloat32 || type == ScalarType::kFloat16 ||
-         type == ScalarType::kBFloat16;
-}
-
-// config.json of the plain checkpoint: no quantization_config, and the requested dtype recorded
-// under the key(s) the input used ("dtype" in transformers 5, "torch_dtype" before).
-JsonValue PlainConfig(JsonValue config, std::optional<ScalarType> dtype) {
-  auto& members = config.mutable_object();
-  members.erase(std::remove_if(members.begin(), members.end(),
-                               [](const auto& m) { return m.first == "quantization_config"; }),
-                members.end());
-  if (dtype) {
-    JsonValue name = JsonValue::String(std::string(TorchDtypeName(*dtype)));
-    bool set = false;
-    for (const char* key : {"dtype", "torch_dtype"}) {
-      if (config.Find(key) != nullptr) {
-        config.Set(key, name);
-        set = true;
-      }
-    }
-    if (!set) config.Set("torch_dtype", name);
-  }
-  return config;
-}
-
-}  // namespace
 
 absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
                                                     const std::string& out_dir,
                                                     const DequantizeCheckpointOptions& options) {
-  if (options.dtype && !IsCastable(*options.dtype)) {
+  if (options.dtype && !IsFloatingDtype(*options.dtype)) {
     return absl::InvalidArgumentError("the output dtype must be float32, float16 or bfloat16");
   }
   KBITD_ASSIGN_OR_RETURN(auto staged, StagedFolder::Create(out_dir));
@@ -106,14 +77,10 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
       summary.bytes_read += view.data.size();
       std::vector<int64_t> shape(view.shape.begin(), view.shape.end());
       KBITD_RETURN_IF_ERROR(writer->BeginGroup(view.data.size()));
-      if (options.dtype && IsCastable(view.dtype) && view.dtype != *options.dtype) {
-        const size_t n = static_cast<size_t>(view.NumElements());
+      if (options.dtype && IsFloatingDtype(view.dtype) && view.dtype != *options.dtype) {
         std::vector<uint8_t> source(view.data.begin(), view.data.end());  // aligned copy
-        buffer.resize(n * ScalarTypeSize(*options.dtype));
-        for (size_t i = 0; i < n; ++i) {
-          StoreFromFloat(buffer.data(), *options.dtype, i,
-                         LoadAsFloat(source.data(), view.dtype, i));
-        }
+        CastElements(source.data(), view.dtype, static_cast<size_t>(view.NumElements()),
+                     *options.dtype, &buffer);
         KBITD_RETURN_IF_ERROR(writer->Add(item.name, *options.dtype, shape, buffer));
       } else {
         KBITD_RETURN_IF_ERROR(writer->Add(item.name, view.dtype, shape, view.data));
@@ -126,7 +93,7 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
                             summary.bytes_read, writer->total_bytes(), out_dir, &progress));
   }
   KBITD_RETURN_IF_ERROR(CompleteCheckpointFolder(
-      *writer, *staged, in_dir, PlainConfig(std::move(hf_config), options.dtype), &summary));
+      *writer, *staged, in_dir, PlainHfConfig(std::move(hf_config), options.dtype), &summary));
   return summary;
 }
 

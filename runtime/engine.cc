@@ -31,6 +31,7 @@ struct Engine::Impl {
   std::unique_ptr<LlamaForward> forward;
   std::unordered_map<uint64_t, Sequence> sequences;
   std::vector<float> logits;
+  uint64_t steps = 0;  // forwards run, for kernel timing sampling
 };
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -39,10 +40,12 @@ Engine::~Engine() = default;
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
                                                        const Options& options) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine::Create: model is null");
-  if (options.kv_block_size <= 0 || options.kv_cache_tokens < 0 || options.max_context < 0) {
+  if (options.kv_block_size <= 0 || options.kv_cache_tokens < 0 || options.max_context < 0 ||
+      options.kernel_timing_interval <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "engine options: kv_block_size (", options.kv_block_size, ") must be > 0, kv_cache_tokens (",
-        options.kv_cache_tokens, ") and max_context (", options.max_context, ") >= 0"));
+        "engine options: kv_block_size (", options.kv_block_size, ") and kernel_timing_interval (",
+        options.kernel_timing_interval, ") must be > 0, kv_cache_tokens (", options.kv_cache_tokens,
+        ") and max_context (", options.max_context, ") >= 0"));
   }
   const ModelConfig& c = model->config();
   auto impl = std::make_unique<Impl>();
@@ -187,13 +190,18 @@ absl::StatusOr<std::vector<SampledToken>> Engine::Step(const std::vector<Sequenc
       sampled_ids.push_back(item.sequence_id);
     }
   }
-  KBITD_RETURN_IF_ERROR(impl_->forward->Run(batch, *impl_->cache, &impl_->logits));
+  // Only sampled steps get the observer; the others run untimed.
+  KernelObserver* observer = impl_->steps++ % impl_->options.kernel_timing_interval == 0
+                                 ? impl_->options.kernel_observer
+                                 : nullptr;
+  KBITD_RETURN_IF_ERROR(impl_->forward->Run(batch, *impl_->cache, &impl_->logits, observer));
   for (const SequenceWork& item : work) {
     impl_->sequences.at(item.sequence_id).processed += item.num_tokens;
   }
   const int64_t vocab = impl_->model->config().vocab_size;
   std::vector<SampledToken> out;
   out.reserve(sampled_ids.size());
+  ScopedKernelTimer sampling_timer(sampled_ids.empty() ? nullptr : observer, KernelKind::kSampling);
   for (size_t i = 0; i < sampled_ids.size(); ++i) {
     Impl::Sequence& seq = impl_->sequences.at(sampled_ids[i]);
     seq.last_logits.assign(impl_->logits.begin() + i * vocab,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/kernel_observer.h"
 #include "runtime/model.h"
 #include "runtime/sampling.h"
 
@@ -36,6 +37,12 @@ class Engine {
     int32_t num_threads = 0;      // CPU backend threads; 0 = hardware concurrency
     int32_t max_context = 0;      // tokens per sequence; 0 = config max_position_embeddings
                                   // (capped by sliding_window)
+    // Kernel latency sampling: with an observer (not owned; must outlive the engine), the kernels
+    // of the first step and of every kernel_timing_interval-th step after it are timed and
+    // reported; the other steps read no clock. 16 keeps the cost negligible while a few steps a
+    // second still fill the histograms; 1 times every step.
+    KernelObserver* kernel_observer = nullptr;
+    int32_t kernel_timing_interval = 16;
   };
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
                                                         const Options& options);

@@ -82,8 +82,16 @@ absl::Status LlamaForward::EnsureWorkspace(int64_t tokens, int64_t rows) {
   return absl::OkStatus();
 }
 
+absl::Status LlamaForward::Linear(const LinearWeight& weight, const Tensor& x, Tensor y,
+                                  KernelObserver* observer) {
+  ScopedKernelTimer timer(observer, weight.format == LinearWeight::Format::kDense
+                                        ? KernelKind::kDenseMatmul
+                                        : KernelKind::kQuantizedMatmul);
+  return backend_.Linear(weight, x, y);
+}
+
 absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
-                               std::vector<float>* logits) {
+                               std::vector<float>* logits, KernelObserver* observer) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = model_.weights();
   const int64_t t = static_cast<int64_t>(batch.tokens.size());
@@ -104,29 +112,45 @@ absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
   Tensor down = Tensor::F32(Slice(l.down), {t, c.hidden_size});
   const float eps = static_cast<float>(c.rms_norm_eps);
   const ScalarType cd = model_.compute_dtype();
+  auto norm = [&](const Tensor& x, const float* weight, Tensor y) {
+    ScopedKernelTimer timer(observer, KernelKind::kNorm);
+    backend_.RmsNorm(x, weight, eps, y);
+  };
 
-  backend_.Embedding(w, batch.tokens.data(), hidden);
+  {
+    ScopedKernelTimer timer(observer, KernelKind::kEmbedding);
+    backend_.Embedding(w, batch.tokens.data(), hidden);
+  }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const LayerWeights& layer = w.layers[i];
-    backend_.RmsNorm(hidden, layer.input_layernorm, eps, normed);
+    norm(hidden, layer.input_layernorm, normed);
     backend_.RoundTo(normed, cd);
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.q_proj, normed, q));
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.k_proj, normed, k));
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.v_proj, normed, v));
-    backend_.Rope(q, k, c.head_dim, batch.attention.positions.data(), inv_freq_);
-    backend_.WriteKv(cache, i, k, v, batch.attention);
-    backend_.Attention(cache, i, q, batch.attention, c.num_attention_heads, c.num_key_value_heads,
-                       c.head_dim, attn);
+    KBITD_RETURN_IF_ERROR(Linear(layer.q_proj, normed, q, observer));
+    KBITD_RETURN_IF_ERROR(Linear(layer.k_proj, normed, k, observer));
+    KBITD_RETURN_IF_ERROR(Linear(layer.v_proj, normed, v, observer));
+    {
+      ScopedKernelTimer timer(observer, KernelKind::kRope);
+      backend_.Rope(q, k, c.head_dim, batch.attention.positions.data(), inv_freq_);
+    }
+    {
+      ScopedKernelTimer timer(observer, KernelKind::kAttention);
+      backend_.WriteKv(cache, i, k, v, batch.attention);
+      backend_.Attention(cache, i, q, batch.attention, c.num_attention_heads, c.num_key_value_heads,
+                         c.head_dim, attn);
+    }
     backend_.RoundTo(attn, cd);
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.o_proj, attn, o));
+    KBITD_RETURN_IF_ERROR(Linear(layer.o_proj, attn, o, observer));
     backend_.Add(hidden, o);
-    backend_.RmsNorm(hidden, layer.post_attention_layernorm, eps, normed);
+    norm(hidden, layer.post_attention_layernorm, normed);
     backend_.RoundTo(normed, cd);
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.gate_proj, normed, gate));
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.up_proj, normed, up));
-    backend_.SiluMul(gate, up, act);
+    KBITD_RETURN_IF_ERROR(Linear(layer.gate_proj, normed, gate, observer));
+    KBITD_RETURN_IF_ERROR(Linear(layer.up_proj, normed, up, observer));
+    {
+      ScopedKernelTimer timer(observer, KernelKind::kActivation);
+      backend_.SiluMul(gate, up, act);
+    }
     backend_.RoundTo(act, cd);
-    KBITD_RETURN_IF_ERROR(backend_.Linear(layer.down_proj, act, down));
+    KBITD_RETURN_IF_ERROR(Linear(layer.down_proj, act, down, observer));
     backend_.Add(hidden, down);
   }
   logits->clear();
@@ -135,9 +159,9 @@ absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
   Tensor gathered_normed = Tensor::F32(Slice(l.normed), {r, c.hidden_size});
   Tensor out = Tensor::F32(Slice(l.logits), {r, c.vocab_size});
   backend_.GatherRows(hidden, batch.logit_rows, gathered);
-  backend_.RmsNorm(gathered, w.final_norm, eps, gathered_normed);
+  norm(gathered, w.final_norm, gathered_normed);
   backend_.RoundTo(gathered_normed, cd);
-  KBITD_RETURN_IF_ERROR(backend_.Linear(w.lm_head, gathered_normed, out));
+  KBITD_RETURN_IF_ERROR(Linear(w.lm_head, gathered_normed, out, observer));
   logits->resize(r * c.vocab_size);
   backend_.CopyToHost(out, logits->data());
   return absl::OkStatus();

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "runtime/backend.h"
+#include "runtime/kernel_observer.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
 
@@ -32,10 +33,15 @@ class LlamaForward {
   LlamaForward(const Model& model, Backend& backend);
 
   // Writes K/V of every token into `cache` and returns float32 logits
-  // [logit_rows.size(), vocab] in `logits`.
-  absl::Status Run(const ForwardBatch& batch, KvCache& cache, std::vector<float>* logits);
+  // [logit_rows.size(), vocab] in `logits`. With an `observer` (a sampled step) every backend
+  // call is timed and reported to it.
+  absl::Status Run(const ForwardBatch& batch, KvCache& cache, std::vector<float>* logits,
+                   KernelObserver* observer = nullptr);
 
  private:
+  // backend_.Linear, timed as a quantized or dense matmul by the weight's format.
+  absl::Status Linear(const LinearWeight& weight, const Tensor& x, Tensor y,
+                      KernelObserver* observer);
   absl::Status EnsureWorkspace(int64_t tokens, int64_t logit_rows);
   float* Slice(int64_t offset_floats) const { return workspace_.as<float>() + offset_floats; }
 

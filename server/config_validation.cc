@@ -162,6 +162,8 @@ absl::Status FinalizeConfig(v1::Config* config,
   KBITD_RETURN_IF_ERROR(
       check.Range<int64_t>("kv_cache_tokens", config->kv_cache_tokens(), 0, int64_t{1} << 32));
   KBITD_RETURN_IF_ERROR(check.Range("num_threads", config->num_threads(), 0, 1024));
+  KBITD_RETURN_IF_ERROR(check.Range("kernel_timing_interval_steps",
+                                    config->kernel_timing_interval_steps(), 0, 1'000'000));
 
   absl::flat_hash_set<std::string> names;
   for (int i = 0; i < config->models_size(); ++i) {

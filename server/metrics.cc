@@ -78,6 +78,11 @@ struct Metrics::Families {
                         .Name("kbitd_engine_step_tokens")
                         .Help("Tokens (prefill + decode) in one engine step")
                         .Register(r)),
+        kernel_duration(prometheus::BuildHistogram()
+                            .Name("kbitd_kernel_duration_seconds")
+                            .Help("Time of one kernel call by kind, measured on sampled engine "
+                                  "steps (1 in kernel_timing_interval_steps)")
+                            .Register(r)),
         scheduler_overhead(prometheus::BuildHistogram()
                                .Name("kbitd_scheduler_overhead_seconds")
                                .Help("Scheduler time per step outside the engine")
@@ -132,6 +137,7 @@ struct Metrics::Families {
   prometheus::Family<prometheus::Histogram>& request_duration;
   prometheus::Family<prometheus::Histogram>& step_duration;
   prometheus::Family<prometheus::Histogram>& step_tokens;
+  prometheus::Family<prometheus::Histogram>& kernel_duration;
   prometheus::Family<prometheus::Histogram>& scheduler_overhead;
   prometheus::Family<prometheus::Gauge>& load_seconds;
   prometheus::Family<prometheus::Gauge>& parameters;
@@ -207,7 +213,27 @@ const ModelMetrics& Metrics::ForModel(const std::string& model) {
   m.fp16_weight_bytes = &f.fp16_weight_bytes.Add(labels);
   m.saved_bytes = &f.saved_bytes.Add(labels);
   m.bytes_per_parameter = &f.bytes_per_parameter.Add(labels);
+  // Every kind is created up front so dashboards see zero rather than no series.
+  const auto kernel_buckets = Exponential(0.000001, 2, 22);  // 1 us .. 2 s
+  for (int k = 0; k < runtime::kNumKernelKinds; ++k) {
+    m.kernels.durations[k] = &f.kernel_duration.Add(
+        {{"model", model}, {"kind", runtime::KernelKindName(static_cast<runtime::KernelKind>(k))}},
+        kernel_buckets);
+  }
   return m;
+}
+
+void KernelMetrics::OnKernel(runtime::KernelKind kind, double seconds) {
+  const int k = static_cast<int>(kind);
+  if (k >= 0 && k < runtime::kNumKernelKinds && durations[k] != nullptr) {
+    durations[k]->Observe(seconds);
+  }
+}
+
+runtime::KernelObserver* Metrics::KernelObserverFor(const std::string& model) {
+  ForModel(model);  // creates the series
+  absl::MutexLock lock(&families_->mu);
+  return &families_->by_model.at(model)->kernels;
 }
 
 void Metrics::ModelLoaded(const std::string& model, double load_seconds, int64_t parameters,

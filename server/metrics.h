@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "runtime/kernel_observer.h"
 #include "runtime/memory_pool.h"
 
 namespace prometheus {
@@ -34,6 +35,14 @@ enum class RequestOutcome {
   kError,             // engine failure
 };
 
+// kbitd_kernel_duration_seconds{model,kind} of one model: the engine's runtime::KernelObserver.
+class KernelMetrics final : public runtime::KernelObserver {
+ public:
+  void OnKernel(runtime::KernelKind kind, double seconds) override;
+
+  prometheus::Histogram* durations[runtime::kNumKernelKinds] = {};
+};
+
 // The series of one model; pointers into the registry, valid as long as Metrics lives.
 struct ModelMetrics {
   prometheus::Counter* outcomes[7];
@@ -55,6 +64,7 @@ struct ModelMetrics {
   prometheus::Gauge* fp16_weight_bytes;
   prometheus::Gauge* saved_bytes;
   prometheus::Gauge* bytes_per_parameter;
+  KernelMetrics kernels;
 
   void CountRequest(RequestOutcome outcome) const;
 };
@@ -76,6 +86,9 @@ class Metrics final : public runtime::MemoryObserver {
 
   // The series of `model`, created on first use.
   const ModelMetrics& ForModel(const std::string& model);
+  // The kernel latency observer of `model` for its engine (sampled steps only, see
+  // runtime::Engine::Options::kernel_timing_interval).
+  runtime::KernelObserver* KernelObserverFor(const std::string& model);
   // Sets a model's load time and weight accounting (saved bytes, bits per parameter).
   void ModelLoaded(const std::string& model, double load_seconds, int64_t parameters,
                    int64_t weight_bytes, int64_t fp16_weight_bytes);

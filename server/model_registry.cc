@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "runtime/export_checkpoint.h"
 #include "runtime/placement.h"
 #include "runtime/quantization_config.h"
 #include "server/config.h"
@@ -208,8 +209,12 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     } else {
       KBITD_ASSIGN_OR_RETURN(tokenizer, runtime::Tokenizer::FromFile(path + "/tokenizer.json"));
     }
+    runtime::Engine::Options engine_options = options_.engine;
+    if (options_.metrics) {
+      engine_options.kernel_observer = options_.metrics->KernelObserverFor(request.name());
+    }
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
-                           runtime::Engine::Create(model, options_.engine));
+                           runtime::Engine::Create(model, engine_options));
     auto result = std::make_shared<ServedModel>();
     result->model = model;
     result->tokenizer = tokenizer;
@@ -294,12 +299,14 @@ void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> ser
                               absl::Duration grace, UnloadDone done) {
   v1::UnloadModelResponse response;
   response.set_freed_bytes(HeldBytes(served->info));
+  const absl::Time deadline = absl::Now() + grace;
   Scheduler& scheduler = *served->scheduler;
   if (!scheduler.WaitIdle(grace)) {
     response.set_cancelled_requests(scheduler.AbortAll());
     // Aborted requests leave at the next step; bound the wait in case the engine hangs.
     scheduler.WaitIdle(absl::Seconds(60));
   }
+  WaitForExports(name, deadline);
   options_.worker->Remove(&scheduler);
   {
     absl::MutexLock lock(&mu_);
@@ -310,6 +317,80 @@ void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> ser
   served.reset();  // in-flight calls may still hold it until their last write
   SetState(name, v1::MODEL_STATE_UNSPECIFIED);
   done(std::move(response));
+}
+
+void ModelRegistry::Export(const std::string& name, const std::string& output_path,
+                           std::optional<ScalarType> dtype, ExportDone done) {
+  std::shared_ptr<ServedModel> served;
+  std::shared_ptr<std::atomic<bool>> cancel;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) {
+      return done(absl::NotFoundError(absl::StrCat("model '", name, "' is not loaded")));
+    }
+    if (it->second.info.state() != v1::MODEL_STATE_READY) {
+      return done(absl::FailedPreconditionError(absl::StrCat(
+          "model '", name, "' is ", StateName(it->second.info.state()), ", not ready")));
+    }
+    served = it->second.served;
+    cancel = it->second.cancel_exports;
+  }
+  absl::StatusOr<std::string> path = options_.root.ResolveNew(output_path);
+  if (!path.ok()) return done(path.status());
+  {
+    // Counted only now, after the checks above; the model may have started unloading since,
+    // which then waits for this export like for any other.
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end() || it->second.served != served) {
+      return done(absl::FailedPreconditionError(absl::StrCat("model '", name, "' was unloaded")));
+    }
+    ++it->second.exports;
+  }
+  Spawn([this, name, served = std::move(served), path = *std::move(path), dtype,
+         cancel = std::move(cancel), done = std::move(done)]() mutable {
+    RunExport(std::move(name), std::move(served), std::move(path), dtype, std::move(cancel),
+              std::move(done));
+  });
+}
+
+void ModelRegistry::RunExport(std::string name, std::shared_ptr<ServedModel> served,
+                              std::string output_path, std::optional<ScalarType> dtype,
+                              std::shared_ptr<std::atomic<bool>> cancel, ExportDone done) {
+  auto summary = [&]() -> absl::StatusOr<runtime::ConvertSummary> {
+    // The source folder holds config.json and the tokenizer files the export carries over.
+    KBITD_ASSIGN_OR_RETURN(std::string source, options_.root.Resolve(served->info.path()));
+    runtime::ExportCheckpointOptions options;
+    options.dtype = dtype;
+    options.progress = [&cancel](const runtime::ConvertProgress&) { return !cancel->load(); };
+    return runtime::ExportCheckpoint(*served->model, source, output_path, options);
+  }();
+  if (summary.ok()) {
+    KBITD_LOG(Info) << "model " << name << ": exported " << summary->converted + summary->copied
+                    << " tensors to " << output_path;
+  } else {
+    KBITD_LOG(Warning) << "model " << name << ": export to " << output_path
+                       << " failed: " << summary.status();
+  }
+  served.reset();
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = entries_.find(name); it != entries_.end()) --it->second.exports;
+  }
+  done(std::move(summary));
+}
+
+void ModelRegistry::WaitForExports(const std::string& name, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return;
+  Entry& entry = it->second;
+  auto idle = [&entry] { return entry.exports == 0; };
+  if (!mu_.AwaitWithDeadline(absl::Condition(&idle), deadline)) {
+    entry.cancel_exports->store(true);
+    mu_.Await(absl::Condition(&idle));
+  }
 }
 
 void ModelRegistry::UnloadAll(absl::Duration grace) {

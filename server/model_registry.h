@@ -7,14 +7,16 @@
 //   UNLOADING -> (absent)          once the last in-flight request has finished
 //   FAILED   -> (absent)           Unload of a failed name
 // Requests hold a std::shared_ptr<ServedModel>, so the model's memory is freed when the last of
-// them ends. Loads and unloads run on their own threads and report through callbacks, so gRPC
-// handlers never block. Thread-safe.
+// them ends. Exports of a READY model hold it too, and an unload waits for them (for the grace
+// period, then cancels them) before the model leaves. Loads and unloads run on their own threads
+// and report through callbacks, so gRPC handlers never block. Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +27,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "kbitd/v1/model_service.pb.h"
+#include "runtime/convert_progress.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
 #include "runtime/model.h"
@@ -51,7 +54,7 @@ class ModelRegistry {
   struct Options {
     ModelRoot root;
     absl::Duration unload_grace = absl::Seconds(30);
-    runtime::Engine::Options engine;
+    runtime::Engine::Options engine;  // kernel_observer is filled per model from `metrics`
     Scheduler::Options scheduler;    // metrics is filled per model
     Metrics* metrics = nullptr;      // not owned; may be null
     DeviceWorker* worker = nullptr;  // not owned; required
@@ -61,6 +64,7 @@ class ModelRegistry {
   };
   using LoadDone = std::function<void(absl::StatusOr<v1::ModelInfo>)>;
   using UnloadDone = std::function<void(absl::StatusOr<v1::UnloadModelResponse>)>;
+  using ExportDone = std::function<void(absl::StatusOr<runtime::ConvertSummary>)>;
 
   explicit ModelRegistry(Options options);
   ~ModelRegistry();  // waits for loads and unloads in progress
@@ -70,6 +74,14 @@ class ModelRegistry {
   // `done` too, on the caller's thread.
   void Load(const v1::LoadModelRequest& request, LoadDone done);
   void Unload(const std::string& name, UnloadDone done);
+  // Writes a plain checkpoint of the READY model `name` to `output_path` (relative to the root;
+  // a new folder) on a registry thread, see runtime/export_checkpoint.h; `dtype` nullopt = the
+  // model's original dtype. `done` gets the summary or the error: NOT_FOUND (unknown model),
+  // FAILED_PRECONDITION (not READY), the root's path errors (INVALID_ARGUMENT,
+  // PERMISSION_DENIED, NOT_FOUND for a missing parent, ALREADY_EXISTS), CANCELLED when an unload
+  // outlasted the grace period. Errors found before starting run `done` on the caller's thread.
+  void Export(const std::string& name, const std::string& output_path,
+              std::optional<ScalarType> dtype, ExportDone done);
 
   // A READY model. NOT_FOUND (unknown), UNAVAILABLE (loading / unloading), FAILED_PRECONDITION
   // (failed load, with its reason).
@@ -85,11 +97,19 @@ class ModelRegistry {
   struct Entry {
     v1::ModelInfo info;                   // state + error while not READY
     std::shared_ptr<ServedModel> served;  // set while READY / UNLOADING
+    int exports = 0;                      // exports in progress
+    // Set by an unload whose grace period ran out; exports stop at their next tensor.
+    std::shared_ptr<std::atomic<bool>> cancel_exports = std::make_shared<std::atomic<bool>>(false);
   };
   void SetState(const std::string& name, v1::ModelState state);
   void RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done);
   void RunUnload(std::string name, std::shared_ptr<ServedModel> served, absl::Duration grace,
                  UnloadDone done);
+  void RunExport(std::string name, std::shared_ptr<ServedModel> served, std::string output_path,
+                 std::optional<ScalarType> dtype, std::shared_ptr<std::atomic<bool>> cancel,
+                 ExportDone done);
+  // Blocks until `name` has no export in progress; cancels them at `deadline`.
+  void WaitForExports(const std::string& name, absl::Time deadline);
   void Spawn(std::function<void()> task);
   void PublishCounts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -137,4 +137,40 @@ grpc::ServerWriteReactor<v1::DequantizeChunk>* ModelService::Dequantize(
   return new DequantizeCall(*std::move(model), *request);
 }
 
+grpc::ServerUnaryReactor* ModelService::ExportDequantized(
+    grpc::CallbackServerContext* context, const v1::ExportDequantizedRequest* request,
+    v1::ExportDequantizedResponse* response) {
+  if (absl::Status auth = auth_->Check(*context); !auth.ok()) return FinishUnary(context, auth);
+  // Unspecified: the model's original dtype, as kbitq dequantize writes without --dtype.
+  std::optional<ScalarType> dtype;
+  switch (request->dtype()) {
+    case v1::TENSOR_DTYPE_UNSPECIFIED:
+      break;
+    case v1::TENSOR_DTYPE_FLOAT32:
+      dtype = ScalarType::kFloat32;
+      break;
+    case v1::TENSOR_DTYPE_FLOAT16:
+      dtype = ScalarType::kFloat16;
+      break;
+    case v1::TENSOR_DTYPE_BFLOAT16:
+      dtype = ScalarType::kBFloat16;
+      break;
+    default:
+      return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+                                      "dtype: unknown TensorDtype ", request->dtype())));
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  registry_->Export(request->model(), request->output_path(), dtype,
+                    [reactor, response, path = request->output_path()](
+                        absl::StatusOr<runtime::ConvertSummary> summary) {
+                      if (summary.ok()) {
+                        response->set_output_path(path);
+                        response->set_tensors(summary->converted + summary->copied);
+                        response->set_bytes(static_cast<int64_t>(summary->bytes_written));
+                      }
+                      reactor->Finish(ToGrpcStatus(summary.status()));
+                    });
+  return reactor;
+}
+
 }  // namespace kbitd::server

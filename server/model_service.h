@@ -1,6 +1,7 @@
-// kbitd.v1.ModelService on gRPC's callback API. Load and Unload hand their work to the registry's
-// threads and finish the call from there; Dequantize runs on its own thread and streams chunks
-// one write at a time. LoadModel and UnloadModel check the admin token first. Thread-safe.
+// kbitd.v1.ModelService on gRPC's callback API. Load, Unload and ExportDequantized hand their work
+// to the registry's threads and finish the call from there; Dequantize runs on its own thread and
+// streams chunks one write at a time. LoadModel, UnloadModel and ExportDequantized check the admin
+// token first. Thread-safe.
 #pragma once
 
 #include "kbitd/v1/model_service.grpc.pb.h"
@@ -27,6 +28,9 @@ class ModelService final : public v1::ModelService::CallbackService {
                                      v1::ModelInfo* response) override;
   grpc::ServerWriteReactor<v1::DequantizeChunk>* Dequantize(
       grpc::CallbackServerContext* context, const v1::DequantizeRequest* request) override;
+  grpc::ServerUnaryReactor* ExportDequantized(grpc::CallbackServerContext* context,
+                                              const v1::ExportDequantizedRequest* request,
+                                              v1::ExportDequantizedResponse* response) override;
 
  private:
   ModelRegistry* registry_;

@@ -66,6 +66,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
   options.unload_grace = absl::Seconds(config.unload_grace_seconds());
   options.engine.kv_cache_tokens = config.kv_cache_tokens();
   options.engine.num_threads = config.num_threads();
+  if (config.kernel_timing_interval_steps() > 0) {
+    options.engine.kernel_timing_interval = config.kernel_timing_interval_steps();
+  }
   options.scheduler.limits = {.max_batch_tokens = limits.max_batch_tokens(),
                               .max_batch_size = limits.max_batch_size(),
                               .prefill_chunk_tokens = limits.prefill_chunk_tokens()};

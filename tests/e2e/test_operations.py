@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import re
 import shutil
 import signal
 import socket
@@ -89,6 +90,41 @@ def test_prometheus_scrapes_and_promtool_passes(daemon, tmp_path):
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
+
+
+def kernel_counts(d, model):
+    """kind -> kbitd_kernel_duration_seconds_count of `model`."""
+    counts = {}
+    for line in scrape(d).decode().splitlines():
+        m = re.match(r'kbitd_kernel_duration_seconds_count\{(.*)\} (\S+)$', line)
+        if m and f'model="{model}"' in m.group(1):
+            counts[re.search(r'kind="([a-z_]+)"', m.group(1)).group(1)] = float(m.group(2))
+    return counts
+
+
+def test_kernel_latency_histograms_after_generation(model_root, pb):
+    d = Daemon(model_root, pb, yaml_extra="kernel_timing_interval_steps: 1\n")
+    try:
+        kinds = {"quantized_matmul", "dense_matmul", "attention", "norm", "rope", "activation",
+                 "embedding", "sampling"}
+        before = kernel_counts(d, "tiny")
+        assert set(before) == kinds and not any(before.values()), before
+        ids = generate(d, "def f():", max_new_tokens=4)[0]
+        after = kernel_counts(d, "tiny")
+        # The float32 model runs no quantized matmul; everything else ran on every step.
+        assert after["quantized_matmul"] == 0, after
+        for kind in kinds - {"quantized_matmul"}:
+            assert after[kind] > before[kind], (kind, after)
+        assert after["sampling"] == len(ids), after  # one sampling step per generated token
+        q = pb.quant.QuantizationConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+        d.models.LoadModel(pb.model.LoadModelRequest(name="tiny-nf4", path="tiny", quantization=q),
+                           metadata=d.admin(), timeout=120)
+        generate(d, "x = 1", max_new_tokens=2, model="tiny-nf4")
+        assert kernel_counts(d, "tiny-nf4")["quantized_matmul"] > 0
+        text = scrape(d).decode()
+        assert 'kbitd_kernel_duration_seconds_bucket{kind="attention",model="tiny",le="+Inf"}' in text
+    finally:
+        assert d.stop() == 0
 
 
 def test_sigterm_drains_in_flight_streams_and_exits_zero(model_root, pb):

@@ -67,6 +67,11 @@ TEST(ConfigTest, WrongTypesAndRangesNameTheLine) {
   EXPECT_THAT(out_of_range.status().message(), HasSubstr("kbitd.yaml:4:14: limits.max_queue"));
   EXPECT_THAT(out_of_range.status().message(), HasSubstr("must be in [1,"));
 
+  auto bad_interval = Parse("model_root: /m\nkernel_timing_interval_steps: -2\n");
+  EXPECT_THAT(bad_interval.status().message(),
+              HasSubstr("kbitd.yaml:2:31: kernel_timing_interval_steps"));
+  EXPECT_TRUE(Parse("model_root: /m\nkernel_timing_interval_steps: 4\n").ok());
+
   auto bad_bool = Parse("model_root: /m\nallow_unauthenticated_admin: yes please\n");
   EXPECT_THAT(bad_bool.status().message(), HasSubstr("kbitd.yaml:2:30"));
 

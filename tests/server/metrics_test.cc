@@ -99,6 +99,26 @@ TEST(MetricsTest, UnloadZeroesGaugesAndKeepsCounters) {
   EXPECT_EQ(&(*metrics)->ForModel("tiny"), &(*metrics)->ForModel("tiny"));
 }
 
+TEST(MetricsTest, KernelObserverFillsTheKernelHistogramOfItsModel) {
+  auto metrics = Metrics::Create({.address = "off"});
+  ASSERT_TRUE(metrics.ok());
+  runtime::KernelObserver* observer = (*metrics)->KernelObserverFor("tiny");
+  EXPECT_EQ(observer, (*metrics)->KernelObserverFor("tiny"));
+  observer->OnKernel(runtime::KernelKind::kQuantizedMatmul, 0.0003);
+  observer->OnKernel(runtime::KernelKind::kQuantizedMatmul, 0.0005);
+  observer->OnKernel(runtime::KernelKind::kSampling, 0.00002);
+  const std::string text = (*metrics)->Serialize();
+  EXPECT_THAT(text, HasSubstr("kbitd_kernel_duration_seconds_count{kind=\"quantized_matmul\","
+                              "model=\"tiny\"} 2"));
+  EXPECT_THAT(text, HasSubstr("kbitd_kernel_duration_seconds_count{kind=\"sampling\","
+                              "model=\"tiny\"} 1"));
+  // Kinds not seen yet are there with zero counts, so dashboards have a series from the start.
+  EXPECT_THAT(text, HasSubstr("kbitd_kernel_duration_seconds_count{kind=\"attention\","
+                              "model=\"tiny\"} 0"));
+  EXPECT_THAT(text, HasSubstr("kbitd_kernel_duration_seconds_bucket{kind=\"quantized_matmul\","
+                              "model=\"tiny\",le=\"0.000512\"} 2"));
+}
+
 TEST(MetricsTest, BusyPortIsAnError) {
   auto first = Metrics::Create({.address = "127.0.0.1:0"});
   ASSERT_TRUE(first.ok());

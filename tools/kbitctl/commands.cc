@@ -37,8 +37,10 @@ ABSL_FLAG(std::string, repetition_penalty, "", "generate: 1 = off");
 ABSL_FLAG(std::string, seed, "", "generate: sampling seed");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-separated)");
 ABSL_FLAG(bool, usage, true, "generate: print usage to stderr at the end");
-// dequantize
-ABSL_FLAG(std::string, dtype, "float32", "dequantize: float32, float16 or bfloat16");
+// dequantize, export
+ABSL_FLAG(std::string, dtype, "",
+          "dequantize, export: float32, float16 or bfloat16 (default: dequantize float32, export "
+          "the model's original dtype)");
 ABSL_FLAG(std::string, out, "", "dequantize: write the raw little-endian values to this file");
 
 namespace kbitd::kbitctl {
@@ -224,22 +226,33 @@ grpc::Status Detokenize(const std::shared_ptr<grpc::Channel>& channel, const Cal
   return status;
 }
 
+// --dtype: "" (unspecified), float32, float16 or bfloat16.
+bool ParseDtype(const std::string& text, v1::TensorDtype* dtype) {
+  if (text.empty()) {
+    *dtype = v1::TENSOR_DTYPE_UNSPECIFIED;
+  } else if (text == "float32") {
+    *dtype = v1::TENSOR_DTYPE_FLOAT32;
+  } else if (text == "float16") {
+    *dtype = v1::TENSOR_DTYPE_FLOAT16;
+  } else if (text == "bfloat16") {
+    *dtype = v1::TENSOR_DTYPE_BFLOAT16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 grpc::Status Dequantize(const std::shared_ptr<grpc::Channel>& channel, const CallOptions& options,
                         const Args& args) {
   if (args.size() != 2) return Usage("dequantize MODEL TENSOR [--dtype float16] [--out FILE]");
   v1::DequantizeRequest request;
   request.set_model(args[0]);
   request.set_tensor(args[1]);
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype == "float32") {
-    request.set_dtype(v1::TENSOR_DTYPE_FLOAT32);
-  } else if (dtype == "float16") {
-    request.set_dtype(v1::TENSOR_DTYPE_FLOAT16);
-  } else if (dtype == "bfloat16") {
-    request.set_dtype(v1::TENSOR_DTYPE_BFLOAT16);
-  } else {
+  v1::TensorDtype dtype;
+  if (!ParseDtype(absl::GetFlag(FLAGS_dtype), &dtype)) {
     return Usage("dequantize: --dtype is float32, float16 or bfloat16");
   }
+  request.set_dtype(dtype == v1::TENSOR_DTYPE_UNSPECIFIED ? v1::TENSOR_DTYPE_FLOAT32 : dtype);
   std::ofstream out;
   if (!absl::GetFlag(FLAGS_out).empty()) {
     out.open(absl::GetFlag(FLAGS_out), std::ios::binary);
@@ -263,6 +276,26 @@ grpc::Status Dequantize(const std::shared_ptr<grpc::Channel>& channel, const Cal
   }
   grpc::Status status = reader->Finish();
   if (status.ok()) std::fprintf(stderr, "%lld bytes\n", static_cast<long long>(bytes));
+  return status;
+}
+
+grpc::Status Export(const std::shared_ptr<grpc::Channel>& channel, const CallOptions& options,
+                    const Args& args) {
+  if (args.size() != 2) return Usage("export MODEL OUTPUT_PATH [--dtype bfloat16]");
+  v1::ExportDequantizedRequest request;
+  request.set_model(args[0]);
+  request.set_output_path(args[1]);
+  v1::TensorDtype dtype;
+  if (!ParseDtype(absl::GetFlag(FLAGS_dtype), &dtype)) {
+    return Usage("export: --dtype is float32, float16 or bfloat16");
+  }
+  request.set_dtype(dtype);
+  grpc::ClientContext context;
+  Prepare(&context, options, /*admin=*/true);
+  v1::ExportDequantizedResponse response;
+  grpc::Status status =
+      v1::ModelService::NewStub(channel)->ExportDequantized(&context, request, &response);
+  if (status.ok()) PrintJson(response);
   return status;
 }
 
@@ -328,6 +361,9 @@ constexpr Entry kCommands[] = {
     {"tokenize", Tokenize, "tokenize MODEL TEXT"},
     {"detokenize", Detokenize, "detokenize MODEL ID..."},
     {"dequantize", Dequantize, "dequantize MODEL TENSOR [--dtype float16] [--out FILE]"},
+    {"export", Export,
+     "export MODEL OUTPUT_PATH [--dtype bfloat16] (admin; a plain checkpoint inside the model "
+     "root)"},
     {"health", Health, "health [SERVICE or MODEL]"},
 };
 

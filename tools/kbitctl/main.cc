@@ -2,6 +2,7 @@
 //   kbitctl --address localhost:50051 list
 //   kbitctl --admin_token $TOKEN --load_in_4bit --bnb_4bit_quant_type nf4 load tiny default
 //   kbitctl generate tiny "def fibonacci(n):" --max_new_tokens 64 --temperature 0
+//   kbitctl --admin_token $TOKEN export tiny exports/tiny-bf16 --dtype bfloat16
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -17,7 +18,7 @@
 
 ABSL_FLAG(std::string, address, "localhost:50051", "kbitd's gRPC address");
 ABSL_FLAG(std::string, admin_token, "",
-          "admin token for load/unload (default: $KBITD_ADMIN_TOKEN)");
+          "admin token for load/unload/export (default: $KBITD_ADMIN_TOKEN)");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle: connect with TLS and verify the server");
 ABSL_FLAG(double, timeout, 0, "deadline of the call in seconds (0 = none)");
 
