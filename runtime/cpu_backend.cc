@@ -136,8 +136,8 @@ absl::Status CpuBackend::Int8Linear(const LinearWeight& w, const Tensor& x, Tens
   // token's result depend on what else is batched with it; per token it is batch-invariant.
   // Each thread takes a slice of output features.
   const int64_t m = x.dim(0), k = w.in_features;
-  std::vector<absl::Status> statuses(pool_.num_threads());
-  std::atomic<int> next_status{0};
+  absl::Mutex error_mu;
+  absl::Status error;  // the first failure of any chunk
   pool_.ParallelFor(w.out_features, RowGrain(k, m), [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;
     std::vector<float> out(n);
@@ -146,15 +146,15 @@ absl::Status CpuBackend::Int8Linear(const LinearWeight& w, const Tensor& x, Tens
                                          w.scb + begin, n, w.bias ? w.bias + begin : nullptr,
                                          w.threshold, out.data());
       if (!s.ok()) {
-        statuses[next_status++] = s;
+        absl::MutexLock lock(&error_mu);
+        if (error.ok()) error = s;
         return;
       }
       std::copy_n(out.data(), n, y.row(t) + begin);
     }
   });
-  for (int i = 0; i < next_status.load(); ++i) {
-    return absl::Status(statuses[i].code(),
-                        absl::StrCat("linear ", w.name, ": ", statuses[i].message()));
+  if (!error.ok()) {
+    return absl::Status(error.code(), absl::StrCat("linear ", w.name, ": ", error.message()));
   }
   return absl::OkStatus();
 }

@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <cstring>
+
 namespace kbitd::runtime::cpu {
 namespace {
 
@@ -38,11 +40,22 @@ KBITD_AVX512 void AxpyAvx512(float a, const float* x, float* y, int64_t n) {
   }
 }
 
-// 16 bytes = 32 codes per step: the high nibbles pair with the 16 even x, the low with the odd.
+// Element of a 16-element (8-byte) chunk that lane L of Dot4bit's index vector holds. The chunk
+// is read as one little-endian uint64 broadcast to 8 qword lanes, qword lane q shifted right by 4q:
+// its low dword then starts with nibble q and its high dword with nibble q + 8, and vpermps looks
+// up only the low 4 bits of each dword. Nibble i is the low half of byte i/2 for even i, which
+// bitsandbytes packs as the odd element (element 2j sits in the high nibble of byte j): i ^ 1.
+constexpr int ChunkElementOfLane(int lane) {
+  return ((lane % 2 == 0) ? lane / 2 : lane / 2 + 8) ^ 1;
+}
+
+// Per 16 codes: one broadcast load, one variable shift and one vpermps. Shuffles are what limits
+// this loop (bench/cpu_decode); the broadcast+shift form needs one shuffle where zero-extending
+// the bytes (vpmovzxbd) and masking needed two.
 KBITD_AVX512 float Dot4bitAvx512(const uint8_t* packed, const float* scales, const float* code16,
                                  const float* xd, int64_t n, int64_t blocksize) {
   const __m512 lut = _mm512_loadu_ps(code16);
-  const __m512i low_mask = _mm512_set1_epi32(0xF);
+  const __m512i shifts = _mm512_set_epi64(28, 24, 20, 16, 12, 8, 4, 0);
   __m512 total0 = _mm512_setzero_ps(), total1 = _mm512_setzero_ps();
   const int64_t nblocks = n / blocksize;
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -50,11 +63,13 @@ KBITD_AVX512 float Dot4bitAvx512(const uint8_t* packed, const float* scales, con
     const uint8_t* p = packed + b * blocksize / 2;
     const float* x = xd + b * blocksize;
     for (int64_t j = 0; j < blocksize; j += 32) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j / 2)));
-      __m512 whi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
-      __m512 wlo = _mm512_permutexvar_ps(_mm512_and_si512(v, low_mask), lut);
-      acc0 = _mm512_fmadd_ps(whi, _mm512_loadu_ps(x + j), acc0);
-      acc1 = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(x + j + 16), acc1);
+      uint64_t q0, q1;
+      std::memcpy(&q0, p + j / 2, 8);
+      std::memcpy(&q1, p + j / 2 + 8, 8);
+      const __m512i i0 = _mm512_srlv_epi64(_mm512_set1_epi64(static_cast<int64_t>(q0)), shifts);
+      const __m512i i1 = _mm512_srlv_epi64(_mm512_set1_epi64(static_cast<int64_t>(q1)), shifts);
+      acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, lut), _mm512_loadu_ps(x + j), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, lut), _mm512_loadu_ps(x + j + 16), acc1);
     }
     __m512 s = _mm512_set1_ps(scales[b]);
     total0 = _mm512_fmadd_ps(acc0, s, total0);
@@ -68,12 +83,11 @@ float Dot4bitScalar(const uint8_t* packed, const float* scales, const float* cod
   float total = 0;
   for (int64_t b = 0; b < n / blocksize; ++b) {
     float acc = 0;
-    const uint8_t* p = packed + b * blocksize / 2;
-    const float* x = xd + b * blocksize;
-    for (int64_t j = 0; j < blocksize; j += 32) {
-      for (int i = 0; i < 16; ++i) {
-        uint8_t byte = p[j / 2 + i];
-        acc += code16[byte >> 4] * x[j + i] + code16[byte & 0xF] * x[j + 16 + i];
+    for (int64_t c = b * blocksize; c < (b + 1) * blocksize; c += 16) {
+      for (int lane = 0; lane < 16; ++lane) {
+        const int64_t element = c + ChunkElementOfLane(lane);
+        const uint8_t byte = packed[element / 2];
+        acc += code16[element % 2 == 0 ? byte >> 4 : byte & 0xF] * xd[c + lane];
       }
     }
     total += acc * scales[b];
@@ -107,11 +121,8 @@ void Axpy(float a, const float* x, float* y, int64_t n) {
 }
 
 void DeinterleaveForDot4bit(const float* x, int64_t n, float* out) {
-  for (int64_t c = 0; c < n; c += 32) {
-    for (int i = 0; i < 16; ++i) {
-      out[c + i] = x[c + 2 * i];
-      out[c + 16 + i] = x[c + 2 * i + 1];
-    }
+  for (int64_t c = 0; c < n; c += 16) {
+    for (int lane = 0; lane < 16; ++lane) out[c + lane] = x[c + ChunkElementOfLane(lane)];
   }
 }
 

@@ -14,8 +14,8 @@ float Dot(const float* a, const float* b, int64_t n);
 // y += a * x
 void Axpy(float a, const float* x, float* y, int64_t n);
 
-// Reorders x for Dot4bit: each 32-element chunk becomes its 16 even elements then its 16 odd
-// ones (byte j holds element 2j in the high nibble and 2j+1 in the low one). n % 32 == 0.
+// Reorders x into the lane order in which Dot4bit expands each 8 bytes of packed codes (see
+// ChunkElementOfLane in cpu_kernels.cc). n % 32 == 0.
 void DeinterleaveForDot4bit(const float* x, int64_t n, float* out);
 
 // sum_k code[q_k] * scale[k / blocksize] * x[k] over one row of n 4-bit codes (n/2 bytes),

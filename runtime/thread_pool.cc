@@ -21,7 +21,7 @@ inline void CpuRelax() { _mm_pause(); }
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
   num_threads_ = std::max(1, num_threads);
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -34,8 +34,7 @@ ThreadPool::~ThreadPool() {
 }
 
 uint64_t ThreadPool::AwaitGeneration(uint64_t seen) {
-  const auto spin_until =
-      std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
   for (int spins = 1;; ++spins) {
     const uint64_t g = generation_.load(std::memory_order_acquire);
     if (g != seen || stop_.load(std::memory_order_acquire)) return g;
@@ -55,16 +54,21 @@ uint64_t ThreadPool::AwaitGeneration(uint64_t seen) {
   }
 }
 
-void ThreadPool::WorkerLoop(int index) {
+void ThreadPool::RunChunks() {
+  for (int chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed); chunk < task_chunks_;
+       chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed)) {
+    int64_t begin, end;
+    ChunkBounds(task_n_, task_chunks_, chunk, &begin, &end);
+    (*task_)(begin, end);
+  }
+}
+
+void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   while (true) {
     seen = AwaitGeneration(seen);
     if (stop_.load(std::memory_order_acquire)) return;
-    if (index < task_chunks_) {
-      int64_t begin, end;
-      ChunkBounds(task_n_, task_chunks_, index, &begin, &end);
-      (*task_)(begin, end);
-    }
+    RunChunks();
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
@@ -73,7 +77,8 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  const int chunks = static_cast<int>(std::min<int64_t>(num_threads_, (n + grain - 1) / grain));
+  const int chunks = static_cast<int>(
+      std::min<int64_t>(int64_t{num_threads_} * kChunksPerThread, (n + grain - 1) / grain));
   if (chunks <= 1) {
     fn(0, n);
     return;
@@ -82,15 +87,14 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   task_ = &fn;
   task_n_ = n;
   task_chunks_ = chunks;
+  next_chunk_.store(0, std::memory_order_relaxed);
   pending_.store(num_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   {
     absl::MutexLock lock(&mu_);
     if (sleepers_ > 0) wake_.SignalAll();
   }
-  int64_t begin, end;
-  ChunkBounds(n, chunks, 0, &begin, &end);
-  fn(begin, end);
+  RunChunks();
   // A worker may have been descheduled (more threads than cores): after a short spin, yield the
   // core to it instead of burning the time slice it needs.
   for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {

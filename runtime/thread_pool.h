@@ -26,6 +26,7 @@ class ThreadPool {
   // How long an idle worker spins before it sleeps. Long enough to bridge the gaps between the
   // linears of one decode step, short enough that an idle daemon sleeps almost at once.
   static constexpr int64_t kSpinMicros = 200;
+  static constexpr int kChunksPerThread = 4;
 
   // num_threads counts the caller; 0 = std::thread::hardware_concurrency().
   explicit ThreadPool(int num_threads);
@@ -34,11 +35,14 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int num_threads() const { return num_threads_; }
-  // Calls fn(begin, end) over [0, n) in at most num_threads chunks of at least `grain` items.
+  // Calls fn(begin, end) over [0, n) in contiguous, disjoint chunks of at least `grain` items
+  // (at most kChunksPerThread per thread). Threads claim chunks as they go, so a thread that the
+  // OS preempts (a shared VM) delays the call by one chunk, not by its whole share.
   void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
-  void WorkerLoop(int index);
+  void WorkerLoop();
+  void RunChunks();  // claims and runs chunks of the current task until none is left
   // Spins, then sleeps, until generation_ differs from `seen` or the pool stops; returns it.
   uint64_t AwaitGeneration(uint64_t seen);
 
@@ -51,6 +55,7 @@ class ThreadPool {
   int task_chunks_ = 0;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};  // workers that have not finished the current generation
+  std::atomic<int> next_chunk_{0};
   std::atomic<bool> stop_{false};
   absl::Mutex mu_;
   absl::CondVar wake_;
