@@ -110,7 +110,7 @@ absl::Status CpuBackend::FourBitLinear(const LinearWeight& w, const Tensor& x, T
     for (int64_t n = begin; n < end; ++n) {
       const float* s;
       if (w.nested) {
-        for (int64_t b = 0; b < blocks_per_row; ++b) scales[b] = FourBitScale(w, n * blocks_per_row + b);
+        FourBitScales(w, n * blocks_per_row, blocks_per_row, scales.data());
         s = scales.data();
       } else {
         s = w.absmax + n * blocks_per_row;
