@@ -1,16 +1,18 @@
 #include "runtime/loader.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/str_cat.h"
-#include "common/json.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "quant/blockwise_4bit.h"
 #include "quant/codebooks.h"
 #include "quant/double_quant.h"
 #include "quant/int8_rowwise.h"
+#include "runtime/bnb_checkpoint.h"
 #include "runtime/checkpoint.h"
 #include "runtime/tokenizer.h"
 
@@ -26,6 +28,8 @@ struct LoadContext {
   // Quantization to apply to plain linears (quantize-on-load), nullopt = keep dense.
   std::optional<QuantizationConfig> quantize;
   bool prequantized = false;
+  // Modules stored quantized (bitsandbytes keys), by module name; empty for a plain checkpoint.
+  std::map<std::string, QuantizedModule> quantized_modules;
   std::vector<std::string> skip_modules;
   LoadProgress progress;
   int64_t parameter_count = 0;
@@ -172,125 +176,65 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   return absl::OkStatus();
 }
 
-// Reads a float32 tensor of `count` elements into a new buffer.
-absl::StatusOr<Buffer> LoadF32(LoadContext& ctx, const std::string& name, int64_t count) {
-  KBITD_ASSIGN_OR_RETURN(TensorView view, ctx.checkpoint.Get(name));
-  if (view.dtype != ScalarType::kFloat32 || view.NumElements() != count) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor ", name, " must be F32 with ", count, " elements (has ", view.NumElements(), " of ",
-        std::string(SafetensorsDtypeName(view.dtype)), ")"));
-  }
-  KBITD_ASSIGN_OR_RETURN(Buffer b, CopyBytes(ctx, view));
-  ctx.Consumed(name);
-  return b;
+template <typename T>
+absl::StatusOr<Buffer> CopyVector(LoadContext& ctx, const std::vector<T>& values) {
+  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, values.size() * sizeof(T)));
+  std::memcpy(buffer.data(), values.data(), values.size() * sizeof(T));
+  return buffer;
 }
 
-// bitsandbytes Linear4bit state-dict keys (bnb-spec §5.2).
-absl::Status LoadPrequantized4bit(LoadContext& ctx, const std::string& prefix,
-                                  const std::string& state_key, LinearWeight* w) {
-  const std::string p = prefix + ".weight";
-  KBITD_ASSIGN_OR_RETURN(TensorView state_view, ctx.checkpoint.Get(state_key));
-  std::string_view text(reinterpret_cast<const char*>(state_view.data.data()),
-                        state_view.data.size());
-  absl::StatusOr<JsonValue> state = ParseJson(text);
-  if (!state.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor ", state_key, ": ", state.status().message()));
-  }
-  auto bad = [&](const std::string& what) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", state_key, ": ", what));
-  };
-  absl::StatusOr<std::string> quant_type = state->GetString("quant_type");
-  absl::StatusOr<int64_t> blocksize = state->GetInteger("blocksize");
-  if (!quant_type.ok() || !blocksize.ok()) return bad("needs quant_type and blocksize");
-  if (*quant_type != "nf4" && *quant_type != "fp4") return bad("quant_type must be nf4 or fp4");
-  KBITD_RETURN_IF_ERROR(quant::Validate4bitBlocksize(*blocksize));
-  const JsonValue* shape = state->Find("shape");
-  if (shape == nullptr || !shape->is_array() || shape->array().size() != 2 ||
-      !shape->array()[0].is_integer() || !shape->array()[1].is_integer() ||
-      shape->array()[0].integer_value() != w->out_features ||
-      shape->array()[1].integer_value() != w->in_features) {
-    return bad(absl::StrCat("shape must be [", w->out_features, ", ", w->in_features, "]"));
-  }
-  if (absl::StatusOr<std::string> dtype = state->GetString("dtype"); dtype.ok()) {
-    if (absl::StatusOr<ScalarType> t = ScalarTypeFromTorchName(*dtype); t.ok())
-      w->original_dtype = *t;
-  }
-  const int64_t n = w->out_features * w->in_features;
-  const int64_t blocks = quant::NumBlocks(n, *blocksize);
-  KBITD_ASSIGN_OR_RETURN(TensorView packed, ctx.checkpoint.Get(p));
-  if (static_cast<int64_t>(packed.data.size()) != quant::Packed4bitBytes(n)) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", p, " has ", packed.data.size(),
-                                                   " bytes, expected ", quant::Packed4bitBytes(n),
-                                                   " (packed 4-bit)"));
-  }
-  KBITD_ASSIGN_OR_RETURN(Buffer packed_buffer, CopyBytes(ctx, packed));
-  ctx.Consumed(p);
-  KBITD_ASSIGN_OR_RETURN(Buffer quant_map, LoadF32(ctx, p + ".quant_map", 16));
-  w->format = LinearWeight::Format::kFourBit;
-  w->nf4 = *quant_type == "nf4";
-  std::memcpy(w->code.data(), quant_map.data(), 16 * sizeof(float));
-  w->blocksize = *blocksize;
-  w->packed = packed_buffer.as<uint8_t>();
-  w->storage.push_back(std::move(packed_buffer));
-  const bool nested = ctx.checkpoint.Contains(p + ".nested_absmax");
-  if (nested) {
-    KBITD_ASSIGN_OR_RETURN(TensorView codes, ctx.checkpoint.Get(p + ".absmax"));
-    if (codes.dtype != ScalarType::kUInt8 || codes.NumElements() != blocks) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", p, ".absmax must be U8 with ",
-                                                     blocks, " elements (double quant)"));
+// A Linear4bit / Linear8bitLt module saved by transformers + bitsandbytes or kbitq (bnb-spec §5.2,
+// §6.3). Its state is read and validated by quant::FromStateDict through runtime/bnb_checkpoint.h,
+// the parser `kbitq inspect/dequantize` use, then copied into the weights pool.
+absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, LinearWeight* w) {
+  KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(ctx.checkpoint, module));
+  const std::string weight = module.prefix + ".weight";
+  const std::vector<int64_t> want = {w->out_features, w->in_features};
+  if (state.shape != want) return ShapeError(weight, want, state.shape);
+  w->original_dtype = state.dtype;
+  KBITD_ASSIGN_OR_RETURN(Buffer data, CopyVector(ctx, state.data));
+  switch (state.type) {
+    case quant::QuantType::kNf4:
+    case quant::QuantType::kFp4: {
+      w->format = LinearWeight::Format::kFourBit;
+      w->nf4 = state.type == quant::QuantType::kNf4;
+      std::copy_n(state.code.begin(), w->code.size(), w->code.begin());
+      w->blocksize = state.blocksize;
+      w->packed = data.as<uint8_t>();
+      if (state.nested.has_value()) {
+        const quant::NestedAbsmax& nested = *state.nested;
+        KBITD_ASSIGN_OR_RETURN(Buffer codes, CopyVector(ctx, nested.codes));
+        KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax, CopyVector(ctx, nested.nested_absmax));
+        w->nested = true;
+        w->absmax_codes = codes.as<uint8_t>();
+        w->nested_absmax = nested_absmax.as<float>();
+        std::copy_n(nested.nested_code.begin(), w->nested_code.size(), w->nested_code.begin());
+        w->nested_offset = nested.offset;
+        w->nested_blocksize = nested.nested_blocksize;
+        w->storage.push_back(std::move(codes));
+        w->storage.push_back(std::move(nested_absmax));
+      } else {
+        KBITD_ASSIGN_OR_RETURN(Buffer absmax, CopyVector(ctx, state.absmax));
+        w->absmax = absmax.as<float>();
+        w->storage.push_back(std::move(absmax));
+      }
+      break;
     }
-    KBITD_ASSIGN_OR_RETURN(Buffer codes_buffer, CopyBytes(ctx, codes));
-    ctx.Consumed(p + ".absmax");
-    absl::StatusOr<int64_t> nested_bs = state->GetInteger("nested_blocksize");
-    absl::StatusOr<double> offset = state->GetNumber("nested_offset");
-    if (!nested_bs.ok() || !offset.ok() || *nested_bs <= 0) {
-      return bad("double-quantized state needs nested_blocksize and nested_offset");
+    case quant::QuantType::kInt8Rowwise: {
+      KBITD_ASSIGN_OR_RETURN(Buffer scb, CopyVector(ctx, state.scb));
+      w->format = LinearWeight::Format::kInt8Rowwise;
+      w->cb = reinterpret_cast<const int8_t*>(data.data());
+      w->scb = scb.as<float>();
+      w->threshold = ctx.config.quantization ? ctx.config.quantization->llm_int8_threshold : 6.0f;
+      w->storage.push_back(std::move(scb));
+      break;
     }
-    const int64_t nested_blocks = (blocks + *nested_bs - 1) / *nested_bs;
-    KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax, LoadF32(ctx, p + ".nested_absmax", nested_blocks));
-    KBITD_ASSIGN_OR_RETURN(Buffer nested_map, LoadF32(ctx, p + ".nested_quant_map", 256));
-    w->nested = true;
-    w->absmax_codes = codes_buffer.as<uint8_t>();
-    w->nested_absmax = nested_absmax.as<float>();
-    std::memcpy(w->nested_code.data(), nested_map.data(), 256 * sizeof(float));
-    w->nested_offset = static_cast<float>(*offset);
-    w->nested_blocksize = *nested_bs;
-    w->storage.push_back(std::move(codes_buffer));
-    w->storage.push_back(std::move(nested_absmax));
-  } else {
-    KBITD_ASSIGN_OR_RETURN(Buffer absmax, LoadF32(ctx, p + ".absmax", blocks));
-    w->absmax = absmax.as<float>();
-    w->storage.push_back(std::move(absmax));
-  }
-  ctx.Consumed(state_key);
-  return absl::OkStatus();
-}
-
-// bitsandbytes Linear8bitLt state-dict keys (bnb-spec §6.3).
-absl::Status LoadPrequantizedInt8(LoadContext& ctx, const std::string& prefix, LinearWeight* w) {
-  const std::string p = prefix + ".weight";
-  KBITD_ASSIGN_OR_RETURN(TensorView cb, GetChecked(ctx, p, {w->out_features, w->in_features}));
-  if (cb.dtype != ScalarType::kInt8) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", p, " must be I8 (LLM.int8 weight)"));
-  }
-  if (ctx.checkpoint.Contains(prefix + ".weight_format")) {
-    KBITD_ASSIGN_OR_RETURN(TensorView format, ctx.checkpoint.Get(prefix + ".weight_format"));
-    if (format.data.size() != 1 || format.data[0] != 0) {
+    case quant::QuantType::kInt8Blockwise:
       return absl::UnimplementedError(absl::StrCat(
-          "tensor ", prefix, ".weight_format: only the \"row\" (0) layout is supported"));
-    }
-    ctx.Consumed(prefix + ".weight_format");
+          "module ", module.prefix, ": 8-bit blockwise linear weights are not served"));
   }
-  KBITD_ASSIGN_OR_RETURN(Buffer cb_buffer, CopyBytes(ctx, cb));
-  ctx.Consumed(p);
-  KBITD_ASSIGN_OR_RETURN(Buffer scb, LoadF32(ctx, prefix + ".SCB", w->out_features));
-  w->format = LinearWeight::Format::kInt8Rowwise;
-  w->cb = cb_buffer.as<int8_t>();
-  w->scb = scb.as<float>();
-  w->threshold = ctx.config.quantization ? ctx.config.quantization->llm_int8_threshold : 6.0f;
-  w->storage.push_back(std::move(cb_buffer));
-  w->storage.push_back(std::move(scb));
+  w->storage.push_back(std::move(data));
+  for (const std::string& name : module.tensors) ctx.Consumed(name);
   return absl::OkStatus();
 }
 
@@ -301,17 +245,8 @@ absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out
   w->in_features = in;
   w->original_dtype = ctx.config.torch_dtype;
   ctx.parameter_count += out * in;
-  if (ctx.prequantized) {
-    for (const char* type : {"nf4", "fp4"}) {
-      std::string key = absl::StrCat(prefix, ".weight.quant_state.bitsandbytes__", type);
-      if (ctx.checkpoint.Contains(key)) {
-        KBITD_RETURN_IF_ERROR(LoadPrequantized4bit(ctx, prefix, key, w));
-        break;
-      }
-    }
-    if (w->format == LinearWeight::Format::kDense && ctx.checkpoint.Contains(prefix + ".SCB")) {
-      KBITD_RETURN_IF_ERROR(LoadPrequantizedInt8(ctx, prefix, w));
-    }
+  if (auto it = ctx.quantized_modules.find(prefix); it != ctx.quantized_modules.end()) {
+    KBITD_RETURN_IF_ERROR(LoadPrequantized(ctx, it->second, w));
   }
   if (w->format == LinearWeight::Format::kDense) {
     const std::string name = prefix + ".weight";
@@ -414,6 +349,13 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
 
   LoadContext ctx{options, config, *checkpoint, *pool};
   ctx.prequantized = config.quantization.has_value() && config.quantization->quantized();
+  if (ctx.prequantized) {
+    KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
+    for (QuantizedModule& module : layout.modules) {
+      std::string prefix = module.prefix;
+      ctx.quantized_modules.emplace(std::move(prefix), std::move(module));
+    }
+  }
   if (options.compute_dtype.has_value() && *options.compute_dtype != ScalarType::kFloat32 &&
       *options.compute_dtype != ScalarType::kFloat16 &&
       *options.compute_dtype != ScalarType::kBFloat16) {
