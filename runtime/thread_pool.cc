@@ -27,8 +27,8 @@ ThreadPool::ThreadPool(int num_threads) {
 ThreadPool::~ThreadPool() {
   stop_.store(true, std::memory_order_release);
   {
-    absl::MutexLock lock(&mu_);
-    wake_.SignalAll();
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_.notify_all();
   }
   for (std::thread& t : workers_) t.join();
 }
@@ -42,13 +42,13 @@ uint64_t ThreadPool::AwaitGeneration(uint64_t seen) {
       CpuRelax();
       continue;
     }
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     ++sleepers_;
     // The caller increments generation_ before it takes mu_ to signal, so checking under mu_
     // cannot miss a wake-up.
     while (generation_.load(std::memory_order_acquire) == seen &&
            !stop_.load(std::memory_order_acquire)) {
-      wake_.Wait(&mu_);
+      wake_.wait(lock);
     }
     --sleepers_;
   }
@@ -79,7 +79,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   grain = std::max<int64_t>(1, grain);
   const int chunks = static_cast<int>(
       std::min<int64_t>(int64_t{num_threads_} * kChunksPerThread, (n + grain - 1) / grain));
-  if (chunks <= 1) {
+  if (chunks <= 1 || num_threads_ == 1) {
     fn(0, n);
     return;
   }
@@ -91,8 +91,8 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   pending_.store(num_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   {
-    absl::MutexLock lock(&mu_);
-    if (sleepers_ > 0) wake_.SignalAll();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sleepers_ > 0) wake_.notify_all();
   }
   RunChunks();
   // A worker may have been descheduled (more threads than cores): after a short spin, yield the

@@ -11,13 +11,12 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
-
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace kbitd::runtime {
 
@@ -57,9 +56,11 @@ class ThreadPool {
   std::atomic<int> pending_{0};  // workers that have not finished the current generation
   std::atomic<int> next_chunk_{0};
   std::atomic<bool> stop_{false};
-  absl::Mutex mu_;
-  absl::CondVar wake_;
-  int sleepers_ ABSL_GUARDED_BY(mu_) = 0;
+  // std::mutex rather than absl::Mutex: Debian's Abseil is not built for ThreadSanitizer, and this
+  // pool's lock-free handshake is exactly what TSAN should check (tests/runtime/thread_pool_test).
+  std::mutex mu_;
+  std::condition_variable wake_;
+  int sleepers_ = 0;  // guarded by mu_
 };
 
 }  // namespace kbitd::runtime

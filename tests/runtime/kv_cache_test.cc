@@ -70,16 +70,5 @@ TEST(KvCacheTest, BlockTablesGrowAndFreeListRecycles) {
   EXPECT_EQ(cache->num_free_blocks(), 0);
 }
 
-TEST(ThreadPoolTest, CoversTheRangeOnce) {
-  ThreadPool pool(3);
-  for (int n : {0, 1, 5, 1000}) {
-    std::vector<int> hits(n, 0);
-    pool.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) ++hits[i];
-    });
-    for (int h : hits) ASSERT_EQ(h, 1);
-  }
-}
-
 }  // namespace
 }  // namespace kbitd::runtime
