@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up a fresh Debian 12, build kbitd (with the CUDA backend when nvcc is found)
+# The main job: set up a fresh Debian 12, build kbitd (with the CUDA quantization kernels when nvcc
+# is found; inference runs on the CPU backend)
 # and serve the bundled default model (models/default) on 0.0.0.0:50051, /metrics on :9400.
 # Extra arguments are kbitd flags, e.g. `bash scripts/run.sh --set limits.max_queue=64`.
 # Then, from another shell:
