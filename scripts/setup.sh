@@ -33,7 +33,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python packages used by the tests (peers we check against: tokenizers, grpcio, safetensors).
+# Python packages used by the tests (peers we check against: tokenizers, grpcio, safetensors), in
+# a virtual environment: Debian 12's python3 is "externally managed" (PEP 668) and refuses
+# `pip install` outside one. scripts/test.sh runs pytest with this environment's python.
 if [[ $PROFILE != build ]]; then
-  python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+  VENV=${KBITD_VENV:-.venv}
+  [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi

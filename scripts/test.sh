@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${KBITD_SKIP_SETUP:-0} == 1 ]] || bash scripts/setup.sh
 
+# The tests' Python: the virtual environment scripts/setup.sh fills (python3 if there is none).
+PYTHON=${KBITD_VENV:-.venv}/bin/python
+[[ -x $PYTHON ]] || PYTHON=python3
+
 # deploy/ (Helm chart, KServe, Prometheus rules, Grafana dashboard, Dockerfile) checked with the
 # real tools: Helm (embedded), kubernetes-validate, promtool, hadolint. Needs no build; ~20 s.
-python3 -m pytest -q tests/deploy
+"$PYTHON" -m pytest -q tests/deploy
 
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
@@ -16,7 +20,7 @@ cmake --build "$BUILD_DIR" -j "$JOBS"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 600
 
 if compgen -G "tests/e2e/test_*.py" >/dev/null; then
-  KBITD_BUILD_DIR="$PWD/$BUILD_DIR" python3 -m pytest -q tests/e2e
+  KBITD_BUILD_DIR="$PWD/$BUILD_DIR" "$PYTHON" -m pytest -q tests/e2e
 fi
 
 # Bounded libFuzzer run of the safetensors header parser (clang + libclang-rt-14-dev from
