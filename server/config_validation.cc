@@ -1,5 +1,7 @@
 // Defaults and range checks for kbitd.v1.Config (the defaults are documented in config.proto).
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <limits>
 
 #include "absl/container/flat_hash_set.h"
@@ -100,6 +102,15 @@ absl::Status ValidateModelName(std::string_view name_view) {
   return absl::OkStatus();
 }
 
+std::string BundledModelRoot() {
+  if (const char* env = std::getenv("KBITD_BUNDLED_MODEL_ROOT"); env != nullptr) return env;
+#ifdef KBITD_BUNDLED_MODEL_ROOT
+  return KBITD_BUNDLED_MODEL_ROOT;
+#else
+  return "";
+#endif
+}
+
 absl::Status FinalizeConfig(v1::Config* config,
                             const absl::flat_hash_map<std::string, std::string>& origin) {
   const Checker check(origin);
@@ -133,7 +144,23 @@ absl::Status FinalizeConfig(v1::Config* config,
   if (!config->admin_token().empty() && !config->admin_token_file().empty()) {
     return check.Fail("admin_token", "set admin_token or admin_token_file, not both");
   }
-  if (config->model_root().empty()) return check.Fail("model_root", "is required");
+  if (config->model_root().empty() && config->models_size() == 0) {
+    // Nothing configured at all: serve the bundled default model, so that a bare `kbitd` answers
+    // Generate at once (README). A model_root without models starts empty instead.
+    const std::string bundled = BundledModelRoot();
+    if (!bundled.empty() && std::filesystem::exists(bundled + "/default/config.json")) {
+      config->set_model_root(bundled);
+      v1::ModelConfig& model = *config->add_models();
+      model.set_name("default");
+      model.set_path("default");
+      model.set_dtype("float32");  // the CPU backend computes in float32 anyway
+    }
+  }
+  if (config->model_root().empty()) {
+    return check.Fail("model_root",
+                      "is required (the bundled default model, served when nothing is configured, "
+                      "was not found: set KBITD_BUNDLED_MODEL_ROOT to the folder holding default/)");
+  }
   const std::string& level = config->log_level();
   if (level != "debug" && level != "info" && level != "warning" && level != "error") {
     return check.Fail("log_level",

@@ -110,9 +110,33 @@ TEST(ConfigTest, SyntaxErrorNamesLine) {
   EXPECT_THAT(config.status().message(), HasSubstr("kbitd.yaml:"));
 }
 
-TEST(ConfigTest, ModelRootIsRequired) {
-  EXPECT_THAT(Parse("listen_address: a:1\n").status().message(),
+TEST(ConfigTest, NothingConfiguredServesTheBundledDefaultModel) {
+  auto config = Parse("listen_address: a:1\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->model_root(), BundledModelRoot());
+  ASSERT_EQ(config->models_size(), 1);
+  EXPECT_EQ(config->models(0).name(), "default");
+  EXPECT_EQ(config->models(0).path(), "default");
+  EXPECT_EQ(config->models(0).dtype(), "float32");
+}
+
+TEST(ConfigTest, ModelRootWithoutModelsStartsEmpty) {
+  auto config = Parse("model_root: /m\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->models_size(), 0);
+}
+
+TEST(ConfigTest, ModelRootIsRequiredWhenModelsAreListed) {
+  EXPECT_THAT(Parse("models:\n- name: a\n  path: a\n").status().message(),
               HasSubstr("model_root: is required"));
+}
+
+TEST(ConfigTest, MissingBundledModelNeedsAModelRoot) {
+  setenv("KBITD_BUNDLED_MODEL_ROOT", "/nonexistent/kbitd/models", 1);
+  auto config = Parse("listen_address: a:1\n");
+  unsetenv("KBITD_BUNDLED_MODEL_ROOT");
+  EXPECT_THAT(config.status().message(), HasSubstr("model_root: is required"));
+  EXPECT_THAT(config.status().message(), HasSubstr("KBITD_BUNDLED_MODEL_ROOT"));
 }
 
 TEST(ConfigTest, FlagsOverrideTheFile) {
