@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 
 from conftest import Daemon, requires_kbitd
@@ -160,3 +161,52 @@ def test_tls_serves_tls_clients_only(model_root, pb, tmp_path):
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         assert d.stop() == 0
+
+
+def memory_bytes(d, model):
+    """Sum of kbitd_memory_bytes series labelled with `model` (0 when there are none)."""
+    total = 0.0
+    for line in scrape(d).decode().splitlines():
+        if line.startswith("kbitd_memory_bytes{") and f'model="{model}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_max_prompt_tokens_limit(model_root, pb):
+    d = Daemon(model_root, pb, yaml_extra="limits:\n  max_prompt_tokens: 8\n")
+    try:
+        request = pb.inference.GenerateRequest(model="tiny", prompt_token_ids=list(range(1, 10)),
+                                               max_new_tokens=2)
+        with pytest.raises(grpc.RpcError) as error:
+            list(d.inference.Generate(request, timeout=30))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "9 tokens; at most 8" in error.value.details()
+        request = pb.inference.GenerateRequest(model="tiny", prompt_token_ids=list(range(1, 9)),
+                                               max_new_tokens=2)
+        assert sum(len(r.token_ids) for r in d.inference.Generate(request, timeout=30)) == 2
+    finally:
+        assert d.stop() == 0
+
+
+def test_load_failing_half_way_frees_what_it_took(daemon, pb):
+    """The last tensor the loader reads has the wrong shape: everything allocated before it is freed,
+    the model is FAILED with the reason, and the pool's gauges for it are back at zero."""
+    from safetensors.numpy import load_file, save_file
+
+    from conftest import write_tiny_llama
+
+    folder = daemon.root / "models" / "halfway"
+    write_tiny_llama(folder, seed=4)
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["model.norm.weight"] = np.ones(63, np.float32)  # hidden is 64
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(grpc.RpcError) as error:
+        daemon.models.LoadModel(pb.model.LoadModelRequest(name="halfway", path="halfway"),
+                                metadata=daemon.admin(), timeout=60)
+    assert "model.norm.weight" in error.value.details()
+    info = daemon.models.GetModel(pb.model.GetModelRequest(name="halfway"), timeout=10)
+    assert info.state == pb.model.MODEL_STATE_FAILED and "model.norm.weight" in info.error
+    assert sum(m.weight_bytes + m.kv_cache_bytes + m.workspace_bytes for m in info.memory) == 0
+    assert memory_bytes(daemon, "halfway") == 0
+    assert memory_bytes(daemon, "tiny") > 0  # the gauges are real: the served model has bytes
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="halfway"), metadata=daemon.admin())
