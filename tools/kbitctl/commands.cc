@@ -22,6 +22,12 @@ ABSL_FLAG(bool, load_in_8bit, false, "load: quantize to 8-bit (LLM.int8())");
 ABSL_FLAG(std::string, bnb_4bit_quant_type, "", "load: nf4 or fp4 (transformers' default fp4)");
 ABSL_FLAG(bool, bnb_4bit_use_double_quant, false, "load: quantize the absmax statistics too");
 ABSL_FLAG(std::string, bnb_4bit_compute_dtype, "", "load: float16, bfloat16 or float32");
+ABSL_FLAG(std::string, bnb_4bit_quant_storage, "",
+          "load: dtype the packed 4-bit bytes are stored as: uint8 (default), float16, bfloat16, "
+          "float32");
+ABSL_FLAG(std::string, llm_int8_threshold, "", "load: LLM.int8() outlier threshold (default 6.0)");
+ABSL_FLAG(std::vector<std::string>, llm_int8_skip_modules, {},
+          "load: modules kept unquantized, comma-separated (replaces the default lm_head)");
 ABSL_FLAG(std::string, model_dtype, "",
           "load: activation dtype float32, bfloat16 or float16 (default: the checkpoint's)");
 ABSL_FLAG(std::string, device_map, "", "load: auto, cpu, cuda:N");
@@ -35,7 +41,15 @@ ABSL_FLAG(std::string, top_p, "", "generate: 1 = off");
 ABSL_FLAG(std::string, min_p, "", "generate: 0 = off");
 ABSL_FLAG(std::string, repetition_penalty, "", "generate: 1 = off");
 ABSL_FLAG(std::string, seed, "", "generate: sampling seed");
-ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-separated)");
+ABSL_FLAG(std::vector<std::string>, stop, {},
+          "generate: stop strings, comma-separated (use --stop_json for strings with commas)");
+ABSL_FLAG(std::string, stop_json, "", "generate: stop strings as a JSON array, e.g. '[\"a,b\"]'");
+ABSL_FLAG(std::vector<std::string>, stop_token_ids, {},
+          "generate: stop token ids, comma-separated");
+ABSL_FLAG(int32_t, logprobs, -1,
+          "generate: print each token's logprob and this many alternatives (JSON lines on stdout "
+          "instead of text; 0 = the chosen token only; -1 = off)");
+ABSL_FLAG(bool, token_ids, false, "generate: PROMPT is comma-separated token ids, not text");
 ABSL_FLAG(bool, usage, true, "generate: print usage to stderr at the end");
 // dequantize, export
 ABSL_FLAG(std::string, dtype, "",
@@ -96,6 +110,14 @@ grpc::Status Load(const std::shared_ptr<grpc::Channel>& channel, const CallOptio
   q.set_bnb_4bit_quant_type(absl::GetFlag(FLAGS_bnb_4bit_quant_type));
   q.set_bnb_4bit_use_double_quant(absl::GetFlag(FLAGS_bnb_4bit_use_double_quant));
   q.set_bnb_4bit_compute_dtype(absl::GetFlag(FLAGS_bnb_4bit_compute_dtype));
+  q.set_bnb_4bit_quant_storage(absl::GetFlag(FLAGS_bnb_4bit_quant_storage));
+  if (!ParseOptional<float>(absl::GetFlag(FLAGS_llm_int8_threshold),
+                            [&](float v) { q.set_llm_int8_threshold(v); })) {
+    return Usage("load: --llm_int8_threshold is not a number");
+  }
+  for (const std::string& module : absl::GetFlag(FLAGS_llm_int8_skip_modules)) {
+    q.add_llm_int8_skip_modules(module);
+  }
   request.set_dtype(absl::GetFlag(FLAGS_model_dtype));
   request.mutable_placement()->set_device_map(absl::GetFlag(FLAGS_device_map));
   for (const std::string& item : absl::GetFlag(FLAGS_max_memory)) {
@@ -154,7 +176,17 @@ grpc::Status Generate(const std::shared_ptr<grpc::Channel>& channel, const CallO
   if (args.size() != 2) return Usage("generate MODEL PROMPT [--max_new_tokens N ...]");
   v1::GenerateRequest request;
   request.set_model(args[0]);
-  request.set_prompt(args[1]);
+  if (absl::GetFlag(FLAGS_token_ids)) {
+    for (absl::string_view id_text : absl::StrSplit(args[1], ',', absl::SkipWhitespace())) {
+      int32_t id = 0;
+      if (!absl::SimpleAtoi(id_text, &id)) {
+        return Usage("generate --token_ids MODEL ID,ID,... (ids are integers)");
+      }
+      request.add_prompt_token_ids(id);
+    }
+  } else {
+    request.set_prompt(args[1]);
+  }
   request.set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
   v1::SamplingParams& s = *request.mutable_sampling();
   const bool ok =
@@ -168,18 +200,45 @@ grpc::Status Generate(const std::shared_ptr<grpc::Channel>& channel, const CallO
       ParseOptional<uint64_t>(absl::GetFlag(FLAGS_seed), [&](uint64_t v) { s.set_seed(v); });
   if (!ok) return Usage("generate: a sampling flag is not a number");
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) request.add_stop(stop);
+  if (const std::string json = absl::GetFlag(FLAGS_stop_json); !json.empty()) {
+    // Parsed as the `stop` field of a GenerateRequest, so the JSON rules are protobuf's.
+    v1::GenerateRequest stops;
+    if (!google::protobuf::util::JsonStringToMessage("{\"stop\": " + json + "}", &stops).ok()) {
+      return Usage("generate: --stop_json must be a JSON array of strings");
+    }
+    for (const std::string& stop : stops.stop()) request.add_stop(stop);
+  }
+  for (const std::string& id_text : absl::GetFlag(FLAGS_stop_token_ids)) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(id_text, &id)) return Usage("generate: --stop_token_ids are integers");
+    request.add_stop_token_ids(id);
+  }
+  const int32_t logprobs = absl::GetFlag(FLAGS_logprobs);
+  if (logprobs >= 0) {
+    request.set_logprobs(true);
+    request.set_top_logprobs(logprobs);
+  }
   grpc::ClientContext context;
   Prepare(&context, options, false);
   auto reader = v1::InferenceService::NewStub(channel)->Generate(&context, request);
   v1::GenerateResponse response;
   v1::GenerateResponse last;
   while (reader->Read(&response)) {
-    std::fputs(response.text().c_str(), stdout);
+    if (logprobs >= 0) {
+      // One JSON object per response: token ids, text delta and their logprobs.
+      std::string line;
+      google::protobuf::util::JsonPrintOptions print;
+      print.preserve_proto_field_names = true;
+      (void)google::protobuf::util::MessageToJsonString(response, &line, print);
+      std::fputs((line + "\n").c_str(), stdout);
+    } else {
+      std::fputs(response.text().c_str(), stdout);
+    }
     std::fflush(stdout);
     if (response.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = response;
   }
   grpc::Status status = reader->Finish();
-  std::fputs("\n", stdout);
+  if (logprobs < 0) std::fputs("\n", stdout);
   if (status.ok() && absl::GetFlag(FLAGS_usage)) {
     const v1::Usage& u = last.usage();
     std::fprintf(stderr,
