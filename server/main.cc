@@ -1,5 +1,6 @@
 // kbitd: serves k-bit quantized LLMs over gRPC. Usage:
-//   kbitd --config kbitd.yaml [--listen_address host:port] [--set limits.max_queue=64 ...]
+//   kbitd [--config kbitd.yaml] [--listen_address host:port] [--tls_cert_file F --tls_key_file F]
+//         [--set limits.max_queue=64 ...]
 // Prints the bound ports ("kbitd: listening on HOST:PORT") and drains on SIGTERM / SIGINT.
 #include <signal.h>
 
@@ -19,6 +20,8 @@ ABSL_FLAG(std::string, listen_address, "", "overrides listen_address");
 ABSL_FLAG(std::string, metrics_address, "", "overrides metrics_address ('off' disables)");
 ABSL_FLAG(std::string, model_root, "", "overrides model_root");
 ABSL_FLAG(std::string, admin_token, "", "overrides admin_token");
+ABSL_FLAG(std::string, tls_cert_file, "", "overrides tls.cert_file (PEM; with --tls_key_file)");
+ABSL_FLAG(std::string, tls_key_file, "", "overrides tls.key_file (PEM)");
 ABSL_FLAG(std::vector<std::string>, set, {},
           "comma-separated key.path=value overrides of any config field, e.g. "
           "limits.max_queue=64,unload_grace_seconds=5");
@@ -36,12 +39,15 @@ int Run(int argc, char** argv) {
     }
   }
   std::vector<std::pair<std::string, std::string>> overrides;
-  for (const char* name : {"listen_address", "metrics_address", "model_root", "admin_token"}) {
-    std::string value;
-    if (std::string_view(name) == "listen_address") value = absl::GetFlag(FLAGS_listen_address);
-    if (std::string_view(name) == "metrics_address") value = absl::GetFlag(FLAGS_metrics_address);
-    if (std::string_view(name) == "model_root") value = absl::GetFlag(FLAGS_model_root);
-    if (std::string_view(name) == "admin_token") value = absl::GetFlag(FLAGS_admin_token);
+  const std::pair<const char*, std::string> flag_values[] = {
+      {"listen_address", absl::GetFlag(FLAGS_listen_address)},
+      {"metrics_address", absl::GetFlag(FLAGS_metrics_address)},
+      {"model_root", absl::GetFlag(FLAGS_model_root)},
+      {"admin_token", absl::GetFlag(FLAGS_admin_token)},
+      {"tls.cert_file", absl::GetFlag(FLAGS_tls_cert_file)},
+      {"tls.key_file", absl::GetFlag(FLAGS_tls_key_file)},
+  };
+  for (const auto& [name, value] : flag_values) {
     if (!value.empty()) overrides.emplace_back(name, "'" + value + "'");
   }
   for (const std::string& item : absl::GetFlag(FLAGS_set)) {

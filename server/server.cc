@@ -136,6 +136,12 @@ void Server::OnModelState(const std::string& name, v1::ModelState state) {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  // Create() may have failed before the gRPC server or the registry existed (a missing TLS file,
+  // model root or busy metrics port): then there is nothing to drain.
+  if (server_ == nullptr || registry_ == nullptr) {
+    if (registry_ != nullptr) registry_->UnloadAll(absl::ZeroDuration());
+    return;
+  }
   KBITD_LOG(Info) << "shutting down: draining for up to " << grace;
   // NOT_SERVING everywhere first, so load balancers stop sending traffic.
   if (auto* health = health_.exchange(nullptr)) health->Shutdown();

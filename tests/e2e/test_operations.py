@@ -210,3 +210,22 @@ def test_load_failing_half_way_frees_what_it_took(daemon, pb):
     assert memory_bytes(daemon, "halfway") == 0
     assert memory_bytes(daemon, "tiny") > 0  # the gauges are real: the served model has bytes
     daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="halfway"), metadata=daemon.admin())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tls_cert_file=/nonexistent/cert.pem", "--tls_key_file=/nonexistent/key.pem"],
+     "tls.cert_file: cannot open /nonexistent/cert.pem"),
+    (["--tls_cert_file=/nonexistent/cert.pem"], "cert_file and key_file must be set together"),
+    (["--model_root=/nonexistent/models"], "model root /nonexistent/models"),
+    (["--listen_address=256.1.1.1:99"], "cannot listen on 256.1.1.1:99"),
+], ids=["tls files missing", "tls half configured", "model root missing", "bad address"])
+def test_startup_errors_exit_with_a_message_not_a_crash(flags, message):
+    from conftest import BUILD
+
+    args = [str(BUILD / "server" / "kbitd"), "--listen_address=127.0.0.1:0",
+            "--metrics_address=off", *flags]
+    if flags[0].startswith("--listen_address"):
+        args.remove("--listen_address=127.0.0.1:0")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (1, 2), (proc.returncode, proc.stderr)  # < 0 would be a signal
+    assert message in proc.stderr
