@@ -15,6 +15,7 @@ struct F32 {
   using Storage = float;
   static constexpr ScalarType kType = ScalarType::kFloat32;
   __device__ static float Load(float v) { return v; }
+  __device__ static float LoadExact(float v) { return v; }
   __device__ static float Store(float v) { return v; }
 };
 
@@ -22,6 +23,13 @@ struct F16 {
   using Storage = uint16_t;
   static constexpr ScalarType kType = ScalarType::kFloat16;
   __device__ static float Load(uint16_t v) { return __half2float(__ushort_as_half(v)); }
+  // Load with a NaN's sign and payload kept as HalfToFloat does (no quiet bit added): for values
+  // that reach output bytes through float arithmetic (LLM.int8 bias and outlier correction).
+  __device__ static float LoadExact(uint16_t v) {
+    if ((v & 0x7FFFu) <= 0x7C00u) return Load(v);
+    return __uint_as_float((static_cast<uint32_t>(v & 0x8000u) << 16) | 0x7F800000u |
+                           (static_cast<uint32_t>(v & 0x3FFu) << 13));
+  }
   // IEEE round-to-nearest-even with overflow to Inf (cvt.rn.f16.f32); NaN becomes sign|0x7E00 as
   // in FloatToHalf.
   __device__ static uint16_t Store(float v) {
@@ -36,6 +44,7 @@ struct BF16 {
   __device__ static float Load(uint16_t v) {
     return __uint_as_float(static_cast<uint32_t>(v) << 16);
   }
+  __device__ static float LoadExact(uint16_t v) { return Load(v); }
   // Round-to-nearest-even on the bits, NaN kept quiet with its payload: FloatToBFloat16.
   __device__ static uint16_t Store(float v) {
     const uint32_t bits = __float_as_uint(v);
@@ -61,6 +70,22 @@ __device__ __forceinline__ float HostMul(float a, float b) {
 __device__ __forceinline__ float HostAdd(float a, float b) {
   const float r = __fadd_rn(a, b);
   return r == r ? r : HostNaN(a, b);
+}
+
+// std::fma's NaN on x86-64 (glibc: vfmadd213ss, or the double-precision fallback): the first NaN
+// operand in a, b, c order comes out quietened, an invalid operation gives the default NaN.
+__device__ __forceinline__ float HostFma(float a, float b, float c) {
+  const float r = __fmaf_rn(a, b, c);
+  if (r == r) return r;
+  if (a != a || b != b) return HostNaN(a, b);
+  if (c != c) return __uint_as_float(__float_as_uint(c) | 0x00400000u);
+  return __uint_as_float(0xFFC00000u);
+}
+
+// HalfToFloat(FloatToHalf(v)): rounding to fp16 and back; a NaN keeps only its sign (0x7E00).
+__device__ __forceinline__ float RoundThroughHalf(float v) {
+  if (v != v) return __uint_as_float((__float_as_uint(v) & 0x80000000u) | 0x7FC00000u);
+  return __half2float(__float2half_rn(v));
 }
 
 // Calls fn(Elem{}) with the element type for `type` (float32, float16 or bfloat16; the caller

@@ -23,6 +23,14 @@ namespace kbitd::quant::cuda::testing {
     if (::kbitd::quant::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
+// The prologue of a randomized GPU test: skips without a GPU, else declares `std::mt19937 rng`
+// seeded afresh, with the seed in every failure message of the test.
+#define KBITD_GPU_TEST_RNG(rng)                                           \
+  KBITD_SKIP_WITHOUT_GPU();                                               \
+  const uint32_t rng##_seed = ::kbitd::quant::cuda::testing::FreshSeed(); \
+  SCOPED_TRACE(absl::StrCat("seed ", rng##_seed));                        \
+  std::mt19937 rng(rng##_seed)
+
 inline constexpr uint8_t kPoison = 0xA5;
 
 // A fresh seed per test run (printed by the callers' SCOPED_TRACE) so every run draws new inputs.
@@ -129,6 +137,13 @@ std::string CompareBytes(const std::vector<T>& expected, const std::vector<T>& a
     return absl::StrCat("size ", expected.size(), " vs ", actual.size());
   }
   return CompareBytes(expected.data(), actual.data(), expected.size() * sizeof(T));
+}
+
+// Waits for the default stream, then CompareBytes of `expected` and the device bytes of `actual`.
+inline std::string SyncAndCompare(const std::vector<uint8_t>& expected, const DeviceCopy& actual) {
+  const absl::Status synced = SynchronizeStream(nullptr);
+  if (!synced.ok()) return synced.ToString();
+  return CompareBytes(expected, FromDevice<uint8_t>(actual, expected.size()));
 }
 
 inline const char* DtypeName(ScalarType type) {
