@@ -106,4 +106,61 @@ __device__ __forceinline__ uint8_t EncodeDynamic8bitTree(const float* tree, floa
   return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
 }
 
+// 8-bit dynamic map by rank, the form the quantize kernel uses. EncodeDynamic8bit's 7 comparisons
+// (x > code[pivot] at pivots 127, 127 +- 64, ...: all odd) search the 127 odd-indexed values, which
+// are ascending, so its final pivot is p = 2r with r = #{j < 127 : code[2j + 1] < x} (0 for NaN,
+// which fails every comparison), its last right turn is p - 1 (lower_pivot 0 if none) and its last
+// left turn p + 1 (upper_pivot 255 if none); lower and upper are the codes at those pivots. r is
+// found from a table of r at the lower edge of each of 2^kMapBucketBits buckets of an
+// order-preserving key of x (sign, exponent, top mantissa bits) plus a short forward scan, instead
+// of 7 dependent shared-memory loads. CountEncoderMismatches checks it on all 2^32 inputs.
+inline constexpr int kMapBucketBits = 12;
+inline constexpr int kMapBuckets = 1 << kMapBucketBits;
+
+// Monotone in x for non-NaN floats, with -0.0 and +0.0 equal (as the comparisons see them).
+__device__ __forceinline__ uint32_t MapOrderKey(float x) {
+  const uint32_t bits = __float_as_uint(x == 0.0f ? 0.0f : x);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// Fills code[] (256) and first_rank[b] = #{j : key(code[2j + 1]) < b << (32 - kMapBucketBits)}.
+// Called by all threads of the CTA (>= 256); it synchronizes once inside, the caller once after.
+__device__ __forceinline__ void LoadMapRanks(const float* code256, float* code,
+                                             uint8_t* first_rank) {
+  if (threadIdx.x < 256) code[threadIdx.x] = code256[threadIdx.x];
+  __syncthreads();
+  for (int b = threadIdx.x; b < kMapBuckets; b += blockDim.x) {
+    const uint32_t edge = static_cast<uint32_t>(b) << (32 - kMapBucketBits);
+    int lo = 0, hi = 127;  // first j with key(code[2j + 1]) >= edge
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (MapOrderKey(code[2 * mid + 1]) < edge) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    first_rank[b] = static_cast<uint8_t>(lo);
+  }
+}
+
+__device__ __forceinline__ uint8_t EncodeDynamic8bitRank(const float* code,
+                                                         const uint8_t* first_rank, float x) {
+  int r = 0;
+  if (x == x) {
+    r = first_rank[MapOrderKey(x) >> (32 - kMapBucketBits)];
+    while (r < 127 && code[2 * r + 1] < x) ++r;
+  }
+  const int pivot = 2 * r;
+  const int lower_pivot = r > 0 ? pivot - 1 : 0;
+  const int upper_pivot = r < 127 ? pivot + 1 : 255;
+  const float val = code[pivot];
+  if (x > val) {
+    const float midpoint = (code[upper_pivot] + val) * 0.5f;
+    return static_cast<uint8_t>(x > midpoint ? upper_pivot : pivot);
+  }
+  const float midpoint = (code[lower_pivot] + val) * 0.5f;
+  return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
+}
+
 }  // namespace kbitd::quant::cuda::internal

@@ -25,6 +25,7 @@ void ExpectNoMismatches(const std::vector<float>& code) {
   EXPECT_EQ(m->dynamic8, 0u);
   EXPECT_EQ(m->nf4_select, 0u);
   EXPECT_EQ(m->fp4_select, 0u);
+  EXPECT_EQ(m->dynamic8_rank, 0u);
 }
 
 TEST(CudaEncoderCheckTest, DeviceEncodersEqualReferenceOnAllInputs) {
