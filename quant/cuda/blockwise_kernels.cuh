@@ -54,14 +54,15 @@ struct Fp4Codec {
 // table[] holds the map, then the bucket table's bytes. On an H100 the search tree
 // (EncodeDynamic8bitTree, 8 dependent shared loads per element) held 8192² bf16 quantization to
 // 256 µs, 1.41x bitsandbytes.
-inline constexpr int kMapRankTableFloats = 256 + kMapBuckets / 4;
+inline constexpr int kMapRankTableFloats = sizeof(MapRankTable) / sizeof(float);
+static_assert(sizeof(MapRankTable) % sizeof(float) == 0);
 
 struct Dynamic8Codec {
   static constexpr int kBits = 8;
   static constexpr CodecTable kTable = CodecTable::kMap;
   static Lut16 HostTree() { return {}; }
   __device__ static uint8_t Encode(const float* table, float x) {
-    return EncodeDynamic8bitRank(table, reinterpret_cast<const uint8_t*>(table + 256), x);
+    return EncodeDynamic8bitRank(*reinterpret_cast<const MapRankTable*>(table), x);
   }
 };
 
@@ -161,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizePara
   __shared__ float scratch[kThreads / 32];
   static_assert(kThreads >= 256);
   if constexpr (Codec::kTable == CodecTable::kMap) {
-    LoadMapRanks(p.table, table, reinterpret_cast<uint8_t*>(table + 256));
+    LoadMapRanks(p.table, reinterpret_cast<MapRankTable*>(table));
   } else if constexpr (Codec::kTable == CodecTable::kTree16) {
     // One thread, constant indices: indexing the kernel parameter with a thread-dependent index
     // (or taking a reference to it) makes the compiler copy the whole parameter block to local
@@ -197,6 +198,76 @@ __global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizePara
 #pragma unroll
     for (int i = 0; i < kEpt; ++i) q[i] = Codec::Encode(table, __fmul_rn(x[i], inv));
     StoreCodes<Codec::kBits>(p.codes, e0, p.n, full, q);
+  }
+}
+
+// Blocks larger than a warp's share of a tile (blocksize > 32 * kEpt, e.g. 8-bit's default 4096):
+// one warp per quantization block, in two passes over it (absmax, then encode; the second pass
+// reads the block back from L1/L2). QuantizeBlockwiseKernel would need two CTA barriers per tile
+// for such blocks; this reduces with warp shuffles only. Same elements, same padding, same
+// fmaxf reduction (order-independent), same encoder: the same bytes.
+inline constexpr int kWarpChunk = 32 * kEpt;
+
+template <typename In>
+__device__ __forceinline__ void LoadChunk(const QuantizeParams& p, const typename In::Storage* input,
+                                          int64_t e0, float subtract, float (&x)[kEpt],
+                                          bool* full) {
+  *full = p.vectorized && e0 + kEpt <= p.n;
+  LoadElements<In>(input, e0, p.n, *full, x);
+  if (p.subtract != nullptr) {
+#pragma unroll
+    for (int i = 0; i < kEpt; ++i) {
+      if (e0 + i < p.n) x[i] = __fsub_rn(x[i], subtract);
+    }
+  }
+}
+
+template <typename In, typename Codec>
+__global__ void __launch_bounds__(kThreads) QuantizeLargeBlocksKernel(QuantizeParams p) {
+  using T = typename In::Storage;
+  __shared__ float table[Codec::kTable == CodecTable::kMap ? kMapRankTableFloats : 16];
+  if constexpr (Codec::kTable == CodecTable::kMap) {
+    LoadMapRanks(p.table, reinterpret_cast<MapRankTable*>(table));
+  } else if constexpr (Codec::kTable == CodecTable::kTree16) {
+    if (threadIdx.x == 0) {  // constant indices only (see QuantizeBlockwiseKernel)
+#pragma unroll
+      for (int i = 0; i < 16; ++i) table[i] = p.tree.v[i];
+    }
+  }
+  __syncthreads();
+  const T* input = static_cast<const T*>(p.input);
+  const int lane = threadIdx.x % 32;
+  const int64_t blocksize = int64_t{1} << p.log2_blocksize;
+  const float subtract = p.subtract != nullptr ? *p.subtract : 0.0f;
+  const int64_t blocks = (p.n + blocksize - 1) >> p.log2_blocksize;
+  const int64_t warps = int64_t{gridDim.x} * (kThreads / 32);
+  for (int64_t block = int64_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32; block < blocks;
+       block += warps) {
+    const int64_t base = block << p.log2_blocksize;
+    float amax = -FLT_MAX;
+    for (int64_t chunk = 0; chunk < blocksize; chunk += kWarpChunk) {
+      float x[kEpt];
+      bool full;
+      LoadChunk<In>(p, input, base + chunk + lane * kEpt, subtract, x, &full);
+#pragma unroll
+      for (int i = 0; i < kEpt; ++i) amax = fmaxf(amax, fabsf(x[i]));
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+    }
+    if (lane == 0) p.absmax[block] = amax;
+    const float inv = ReciprocalAbsmax(amax);
+    for (int64_t chunk = 0; chunk < blocksize; chunk += kWarpChunk) {
+      const int64_t e0 = base + chunk + lane * kEpt;
+      float x[kEpt];
+      bool full;
+      LoadChunk<In>(p, input, e0, subtract, x, &full);
+      uint8_t q[kEpt];
+#pragma unroll
+      for (int i = 0; i < kEpt; ++i) q[i] = Codec::Encode(table, __fmul_rn(x[i], inv));
+      StoreCodes<Codec::kBits>(p.codes, e0, p.n, full, q);
+    }
   }
 }
 
@@ -317,6 +388,24 @@ absl::Status LaunchQuantize(const QuantizeParams& params, cudaStream_t stream, c
     }
     return ctas > 0 ? ctas : 1;
   }();
+  if ((1 << params.log2_blocksize) > kWarpChunk) {
+    static const int large_ctas_per_sm = [] {
+      int ctas = 0;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &ctas, QuantizeLargeBlocksKernel<In, Codec>, kThreads, 0) != cudaSuccess) {
+        cudaGetLastError();
+        ctas = 4;
+      }
+      return ctas > 0 ? ctas : 1;
+    }();
+    const int64_t blocks = (params.n + (int64_t{1} << params.log2_blocksize) - 1) >>
+                           params.log2_blocksize;
+    const int64_t ctas = (blocks + kThreads / 32 - 1) / (kThreads / 32);
+    const int64_t wave = int64_t{sms} * large_ctas_per_sm;
+    const int grid = static_cast<int>(ctas < wave ? ctas : wave);
+    QuantizeLargeBlocksKernel<In, Codec><<<grid, kThreads, 0, stream>>>(p);
+    return LaunchStatus(name);
+  }
   const int64_t tiles = (params.n + kTile - 1) / kTile;
   const int64_t wave = int64_t{sms} * ctas_per_sm;
   const int grid = static_cast<int>(tiles < wave ? tiles : wave);

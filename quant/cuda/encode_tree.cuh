@@ -110,12 +110,23 @@ __device__ __forceinline__ uint8_t EncodeDynamic8bitTree(const float* tree, floa
 // (x > code[pivot] at pivots 127, 127 +- 64, ...: all odd) search the 127 odd-indexed values, which
 // are ascending, so its final pivot is p = 2r with r = #{j < 127 : code[2j + 1] < x} (0 for NaN,
 // which fails every comparison), its last right turn is p - 1 (lower_pivot 0 if none) and its last
-// left turn p + 1 (upper_pivot 255 if none); lower and upper are the codes at those pivots. r is
-// found from a table of r at the lower edge of each of 2^kMapBucketBits buckets of an
-// order-preserving key of x (sign, exponent, top mantissa bits) plus a short forward scan, instead
-// of 7 dependent shared-memory loads. CountEncoderMismatches checks it on all 2^32 inputs.
+// left turn p + 1 (upper_pivot 255 if none); lower and upper are the codes at those pivots, and
+// its two midpoints depend on r alone, so they are computed once per CTA, with the same float
+// operations. r comes from a table of r at the lower edge of each of 2^kMapBucketBits buckets of
+// an order-preserving key of x (sign, exponent, top mantissa bits); bit 7 marks buckets that hold
+// no odd code value, where that r is exact, and elsewhere a short forward scan finishes it. Three
+// shared-memory loads per element instead of the search's eight, which, with bank conflicts, were
+// what limited the kernel. CountEncoderMismatches checks it on all 2^32 inputs.
 inline constexpr int kMapBucketBits = 12;
 inline constexpr int kMapBuckets = 1 << kMapBucketBits;
+inline constexpr uint8_t kExactRank = 0x80;
+
+struct MapRankTable {
+  float code[256];
+  float midpoint_above[128];  // (code[upper_pivot] + code[2r]) * 0.5f
+  float midpoint_below[128];  // (code[lower_pivot] + code[2r]) * 0.5f
+  uint8_t first_rank[kMapBuckets];
+};
 
 // Monotone in x for non-NaN floats, with -0.0 and +0.0 equal (as the comparisons see them).
 __device__ __forceinline__ uint32_t MapOrderKey(float x) {
@@ -123,44 +134,53 @@ __device__ __forceinline__ uint32_t MapOrderKey(float x) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Fills code[] (256) and first_rank[b] = #{j : key(code[2j + 1]) < b << (32 - kMapBucketBits)}.
-// Called by all threads of the CTA (>= 256); it synchronizes once inside, the caller once after.
-__device__ __forceinline__ void LoadMapRanks(const float* code256, float* code,
-                                             uint8_t* first_rank) {
-  if (threadIdx.x < 256) code[threadIdx.x] = code256[threadIdx.x];
-  __syncthreads();
-  for (int b = threadIdx.x; b < kMapBuckets; b += blockDim.x) {
-    const uint32_t edge = static_cast<uint32_t>(b) << (32 - kMapBucketBits);
-    int lo = 0, hi = 127;  // first j with key(code[2j + 1]) >= edge
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (MapOrderKey(code[2 * mid + 1]) < edge) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
+// #{j < 127 : key(code[2j + 1]) < edge}.
+__device__ __forceinline__ int OddRankBelow(const float* code, uint64_t edge) {
+  int lo = 0, hi = 127;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (MapOrderKey(code[2 * mid + 1]) < edge) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
     }
-    first_rank[b] = static_cast<uint8_t>(lo);
+  }
+  return lo;
+}
+
+// Fills the table from code256 (256 ascending values). Called by all threads of the CTA (>= 256);
+// it synchronizes once inside, the caller once after.
+__device__ __forceinline__ void LoadMapRanks(const float* code256, MapRankTable* t) {
+  if (threadIdx.x < 256) t->code[threadIdx.x] = code256[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    const int r = threadIdx.x, pivot = 2 * r;
+    const float val = t->code[pivot];
+    t->midpoint_above[r] = (t->code[r < 127 ? pivot + 1 : 255] + val) * 0.5f;
+    t->midpoint_below[r] = (t->code[r > 0 ? pivot - 1 : 0] + val) * 0.5f;
+  }
+  for (int b = threadIdx.x; b < kMapBuckets; b += blockDim.x) {
+    const uint64_t edge = uint64_t{static_cast<uint32_t>(b)} << (32 - kMapBucketBits);
+    const int rank = OddRankBelow(t->code, edge);
+    const int next = OddRankBelow(t->code, edge + (uint64_t{1} << (32 - kMapBucketBits)));
+    t->first_rank[b] = static_cast<uint8_t>(rank | (rank == next ? kExactRank : 0));
   }
 }
 
-__device__ __forceinline__ uint8_t EncodeDynamic8bitRank(const float* code,
-                                                         const uint8_t* first_rank, float x) {
+__device__ __forceinline__ uint8_t EncodeDynamic8bitRank(const MapRankTable& t, float x) {
   int r = 0;
   if (x == x) {
-    r = first_rank[MapOrderKey(x) >> (32 - kMapBucketBits)];
-    while (r < 127 && code[2 * r + 1] < x) ++r;
+    const uint8_t entry = t.first_rank[MapOrderKey(x) >> (32 - kMapBucketBits)];
+    r = entry & 0x7F;
+    if (!(entry & kExactRank)) {
+      while (r < 127 && t.code[2 * r + 1] < x) ++r;
+    }
   }
   const int pivot = 2 * r;
-  const int lower_pivot = r > 0 ? pivot - 1 : 0;
-  const int upper_pivot = r < 127 ? pivot + 1 : 255;
-  const float val = code[pivot];
-  if (x > val) {
-    const float midpoint = (code[upper_pivot] + val) * 0.5f;
-    return static_cast<uint8_t>(x > midpoint ? upper_pivot : pivot);
+  if (x > t.code[pivot]) {
+    return static_cast<uint8_t>(x > t.midpoint_above[r] ? (r < 127 ? pivot + 1 : 255) : pivot);
   }
-  const float midpoint = (code[lower_pivot] + val) * 0.5f;
-  return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
+  return static_cast<uint8_t>(x < t.midpoint_below[r] ? (r > 0 ? pivot - 1 : 0) : pivot);
 }
 
 }  // namespace kbitd::quant::cuda::internal

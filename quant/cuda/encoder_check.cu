@@ -18,8 +18,7 @@ __global__ void __launch_bounds__(kThreads)
     CompareEncodersKernel(Lut16 nf4_tree, Lut16 fp4_tree, const float* code256,
                           unsigned long long* mismatches) {
   __shared__ float nf4[16], fp4[16], code[256], map_tree[internal::kMapTreeSize];
-  __shared__ float rank_code[256];
-  __shared__ uint8_t first_rank[internal::kMapBuckets];
+  __shared__ internal::MapRankTable rank_table;
   if (threadIdx.x < 16) {
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
@@ -31,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   code[threadIdx.x] = code256[threadIdx.x];
   internal::LoadMapTree(code256, map_tree);
-  internal::LoadMapRanks(code256, rank_code, first_rank);
+  internal::LoadMapRanks(code256, &rank_table);
   __syncthreads();
   unsigned long long counts[6] = {0, 0, 0, 0, 0, 0};
   const uint64_t stride = uint64_t{gridDim.x} * blockDim.x;
@@ -43,7 +42,7 @@ __global__ void __launch_bounds__(kThreads)
     counts[1] += internal::EncodeFp4Tree(fp4, x) != ref_fp4;
     const uint8_t ref_map = EncodeDynamic8bit(code, x);
     counts[2] += internal::EncodeDynamic8bitTree(map_tree, x) != ref_map;
-    counts[5] += internal::EncodeDynamic8bitRank(rank_code, first_rank, x) != ref_map;
+    counts[5] += internal::EncodeDynamic8bitRank(rank_table, x) != ref_map;
     counts[3] += internal::EncodeNf4Select(x) != ref_nf4;
     counts[4] += internal::EncodeFp4Select(x) != ref_fp4;
   }
