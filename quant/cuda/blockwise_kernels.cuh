@@ -207,6 +207,9 @@ __global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizePara
 // for such blocks; this reduces with warp shuffles only. Same elements, same padding, same
 // fmaxf reduction (order-independent), same encoder: the same bytes.
 inline constexpr int kWarpChunk = 32 * kEpt;
+// 32 warps per CTA: the shared tables are built once per CTA, so bigger CTAs build them less often
+// (at 4096x4096 with 8-warp CTAs the 8-bit table build was a third of the kernel's instructions).
+inline constexpr int kLargeThreads = 1024;
 
 template <typename In>
 __device__ __forceinline__ void LoadChunk(const QuantizeParams& p, const typename In::Storage* input,
@@ -223,7 +226,7 @@ __device__ __forceinline__ void LoadChunk(const QuantizeParams& p, const typenam
 }
 
 template <typename In, typename Codec>
-__global__ void __launch_bounds__(kThreads) QuantizeLargeBlocksKernel(QuantizeParams p) {
+__global__ void __launch_bounds__(kLargeThreads) QuantizeLargeBlocksKernel(QuantizeParams p) {
   using T = typename In::Storage;
   __shared__ float table[Codec::kTable == CodecTable::kMap ? kMapRankTableFloats : 16];
   if constexpr (Codec::kTable == CodecTable::kMap) {
@@ -240,8 +243,8 @@ __global__ void __launch_bounds__(kThreads) QuantizeLargeBlocksKernel(QuantizePa
   const int64_t blocksize = int64_t{1} << p.log2_blocksize;
   const float subtract = p.subtract != nullptr ? *p.subtract : 0.0f;
   const int64_t blocks = (p.n + blocksize - 1) >> p.log2_blocksize;
-  const int64_t warps = int64_t{gridDim.x} * (kThreads / 32);
-  for (int64_t block = int64_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32; block < blocks;
+  const int64_t warps = int64_t{gridDim.x} * (kLargeThreads / 32);
+  for (int64_t block = int64_t{blockIdx.x} * (kLargeThreads / 32) + threadIdx.x / 32; block < blocks;
        block += warps) {
     const int64_t base = block << p.log2_blocksize;
     float amax = -FLT_MAX;
@@ -392,18 +395,18 @@ absl::Status LaunchQuantize(const QuantizeParams& params, cudaStream_t stream, c
     static const int large_ctas_per_sm = [] {
       int ctas = 0;
       if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-              &ctas, QuantizeLargeBlocksKernel<In, Codec>, kThreads, 0) != cudaSuccess) {
+              &ctas, QuantizeLargeBlocksKernel<In, Codec>, kLargeThreads, 0) != cudaSuccess) {
         cudaGetLastError();
-        ctas = 4;
+        ctas = 1;
       }
       return ctas > 0 ? ctas : 1;
     }();
     const int64_t blocks = (params.n + (int64_t{1} << params.log2_blocksize) - 1) >>
                            params.log2_blocksize;
-    const int64_t ctas = (blocks + kThreads / 32 - 1) / (kThreads / 32);
+    const int64_t ctas = (blocks + kLargeThreads / 32 - 1) / (kLargeThreads / 32);
     const int64_t wave = int64_t{sms} * large_ctas_per_sm;
     const int grid = static_cast<int>(ctas < wave ? ctas : wave);
-    QuantizeLargeBlocksKernel<In, Codec><<<grid, kThreads, 0, stream>>>(p);
+    QuantizeLargeBlocksKernel<In, Codec><<<grid, kLargeThreads, 0, stream>>>(p);
     return LaunchStatus(name);
   }
   const int64_t tiles = (params.n + kTile - 1) / kTile;

@@ -125,6 +125,7 @@ struct MapRankTable {
   float code[256];
   float midpoint_above[128];  // (code[upper_pivot] + code[2r]) * 0.5f
   float midpoint_below[128];  // (code[lower_pivot] + code[2r]) * 0.5f
+  uint16_t odd_bucket[128];   // bucket of code[2j + 1] (ascending in j); [127] = kMapBuckets
   uint8_t first_rank[kMapBuckets];
 };
 
@@ -134,22 +135,10 @@ __device__ __forceinline__ uint32_t MapOrderKey(float x) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// #{j < 127 : key(code[2j + 1]) < edge}.
-__device__ __forceinline__ int OddRankBelow(const float* code, uint64_t edge) {
-  int lo = 0, hi = 127;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (MapOrderKey(code[2 * mid + 1]) < edge) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
-}
-
 // Fills the table from code256 (256 ascending values). Called by all threads of the CTA (>= 256);
-// it synchronizes once inside, the caller once after.
+// it synchronizes twice inside, the caller once after. A bucket's first rank is the number of odd
+// codes in lower buckets (key(c) < edge <=> key(c) >> (32 - kMapBucketBits) < bucket), found by a
+// binary search over their ascending bucket numbers; it is exact when no odd code lies in it.
 __device__ __forceinline__ void LoadMapRanks(const float* code256, MapRankTable* t) {
   if (threadIdx.x < 256) t->code[threadIdx.x] = code256[threadIdx.x];
   __syncthreads();
@@ -158,12 +147,22 @@ __device__ __forceinline__ void LoadMapRanks(const float* code256, MapRankTable*
     const float val = t->code[pivot];
     t->midpoint_above[r] = (t->code[r < 127 ? pivot + 1 : 255] + val) * 0.5f;
     t->midpoint_below[r] = (t->code[r > 0 ? pivot - 1 : 0] + val) * 0.5f;
+    t->odd_bucket[r] = r < 127 ? static_cast<uint16_t>(MapOrderKey(t->code[pivot + 1]) >>
+                                                       (32 - kMapBucketBits))
+                               : static_cast<uint16_t>(kMapBuckets);
   }
+  __syncthreads();
   for (int b = threadIdx.x; b < kMapBuckets; b += blockDim.x) {
-    const uint64_t edge = uint64_t{static_cast<uint32_t>(b)} << (32 - kMapBucketBits);
-    const int rank = OddRankBelow(t->code, edge);
-    const int next = OddRankBelow(t->code, edge + (uint64_t{1} << (32 - kMapBucketBits)));
-    t->first_rank[b] = static_cast<uint8_t>(rank | (rank == next ? kExactRank : 0));
+    int lo = 0, hi = 127;  // first j with odd_bucket[j] >= b
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (t->odd_bucket[mid] < b) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    t->first_rank[b] = static_cast<uint8_t>(lo | (t->odd_bucket[lo] != b ? kExactRank : 0));
   }
 }
 
