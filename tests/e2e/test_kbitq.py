@@ -277,13 +277,19 @@ def test_peak_memory_stays_near_one_tensor(tmp_path):
 
 
 def test_interrupt_leaves_nothing(tmp_path):
+    # 64 tensors of 1024 x 1024 fp16 (128 MiB): enough work left after the first progress line
+    # that the interrupt always lands mid-run (a small checkpoint could finish first).
     src = tmp_path / "in"
-    make_checkpoint(str(src), shards=1)
+    src.mkdir()
+    base = np.random.default_rng(2).normal(0, 1, (1024, 1024)).astype(np.float16)
+    save_file({"model.layers.%d.mlp.up_proj.weight" % i: base for i in range(64)},
+              str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps(CONFIG))
     out = tmp_path / "out"
     proc = subprocess.Popen([KBITQ, "quantize", "--in", str(src), "--out", str(out), "--type",
                              "nf4"], stderr=subprocess.PIPE, text=True)
     first = proc.stderr.readline()  # the first tensor is done: interrupt the run
-    assert first.startswith("[ 1/21]")
+    assert first.startswith("[ 1/64]")
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
