@@ -26,13 +26,14 @@ namespace kbitd::quant::cuda::internal {
 
 // A CTA of kThreads threads handles tiles of kTile consecutive elements, kEpt per thread (16: two
 // 16-byte loads of bf16/fp16, four of fp32). Every blocksize (32..4096) is a multiple of kEpt and
-// divides kTile, so a thread's elements lie in one quantization block and a block in one tile.
+// divides kTile, so a thread's elements lie in one quantization block (and a block of at most
+// kWarpChunk elements in one warp of a tile).
 inline constexpr int kThreads = 256;
 inline constexpr int kEpt = 16;
 inline constexpr int kTile = kThreads * kEpt;
 
 // What a codec keeps in shared memory: nothing, a 15- or 7-threshold tree (QuantizeParams::tree)
-// or the search tree of a 256-entry map (QuantizeParams::table, see LoadMapTree).
+// or the rank table of a 256-entry map (QuantizeParams::table, see LoadMapRanks).
 enum class CodecTable { kNone, kTree16, kMap };
 
 // The codecs the API uses: shared-memory comparison trees (encode_tree.cuh).
@@ -50,10 +51,9 @@ struct Fp4Codec {
   __device__ static uint8_t Encode(const float* tree, float x) { return EncodeFp4Tree(tree, x); }
 };
 
-// 8-bit with a 256-entry ascending map (bnb dQuantize<0>), encoded by rank (encode_tree.cuh):
-// table[] holds the map, then the bucket table's bytes. On an H100 the search tree
-// (EncodeDynamic8bitTree, 8 dependent shared loads per element) held 8192² bf16 quantization to
-// 256 µs, 1.41x bitsandbytes.
+// 8-bit with a 256-entry ascending map (bnb dQuantize<0>), encoded by rank (encode_tree.cuh:
+// MapRankTable). On an H100 walking bnb's search tree instead (8 dependent shared loads per
+// element) held 8192² bf16 quantization to 256 µs, 1.41x bitsandbytes.
 inline constexpr int kMapRankTableFloats = sizeof(MapRankTable) / sizeof(float);
 static_assert(sizeof(MapRankTable) % sizeof(float) == 0);
 
@@ -66,22 +66,12 @@ struct Dynamic8Codec {
   }
 };
 
-// Max over aligned groups of `group` consecutive threads (a power of two, 2..kThreads); every
-// thread gets its group's max. `scratch` holds kThreads / 32 floats. Called by all threads.
-__device__ __forceinline__ float GroupMax(float v, int group, float* scratch) {
-  const int width = group < 32 ? group : 32;
-  for (int offset = width / 2; offset > 0; offset >>= 1) {
+// Max over aligned groups of `group` consecutive threads of one warp (a power of two, 1..32);
+// every thread gets its group's max. Blocks bigger than a warp's elements (kWarpChunk) are
+// quantized by QuantizeLargeBlocksKernel, so no group spans warps.
+__device__ __forceinline__ float GroupMax(float v, int group) {
+  for (int offset = group / 2; offset > 0; offset >>= 1) {
     v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
-  }
-  if (group > 32) {  // uniform across the CTA
-    const int warp = threadIdx.x / 32;
-    __syncthreads();  // the previous tile's readers are done with scratch
-    if (threadIdx.x % 32 == 0) scratch[warp] = v;
-    __syncthreads();
-    const int warps_per_group = group / 32;
-    const int first = warp & ~(warps_per_group - 1);
-    v = scratch[first];
-    for (int w = 1; w < warps_per_group; ++w) v = fmaxf(v, scratch[first + w]);
   }
   return v;
 }
@@ -152,15 +142,19 @@ __device__ __forceinline__ void StoreCodes(uint8_t* codes, int64_t e0, int64_t n
   }
 }
 
-// Grid-stride over tiles. Per block: absmax = fmaxf-reduction of |x| starting from -FLT_MAX (the
-// zero padding of a partial last block takes part, as in the CPU reference), inv = 1/absmax (IEEE),
-// code = Encode(x * inv).
-template <typename In, typename Codec>
-__global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizeParams p) {
-  using T = typename In::Storage;
-  __shared__ float table[Codec::kTable == CodecTable::kMap ? kMapRankTableFloats : 16];
-  __shared__ float scratch[kThreads / 32];
-  static_assert(kThreads >= 256);
+// Blocks larger than a warp's elements (kWarpChunk, e.g. 8-bit's default 4096) are quantized by
+// QuantizeLargeBlocksKernel; smaller ones by QuantizeBlockwiseKernel, where a block's threads are
+// lanes of one warp.
+inline constexpr int kWarpChunk = 32 * kEpt;
+// 32 warps per large-block CTA: the shared tables are built once per CTA, so bigger CTAs build them
+// less often (at 4096x4096 with 8-warp CTAs the 8-bit table build was a third of the kernel's
+// instructions).
+inline constexpr int kLargeThreads = 1024;
+static_assert(kThreads >= 256 && kLargeThreads >= 256, "LoadMapRanks needs 256 threads");
+
+// The codec's shared-memory table (see CodecTable); called by every thread, then a barrier.
+template <typename Codec>
+__device__ __forceinline__ void LoadCodecTable(const QuantizeParams& p, float* table) {
   if constexpr (Codec::kTable == CodecTable::kMap) {
     LoadMapRanks(p.table, reinterpret_cast<MapRankTable*>(table));
   } else if constexpr (Codec::kTable == CodecTable::kTree16) {
@@ -172,45 +166,10 @@ __global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizePara
       for (int i = 0; i < 16; ++i) table[i] = p.tree.v[i];
     }
   }
-  __syncthreads();
-  const T* input = static_cast<const T*>(p.input);
-  const int group = (1 << p.log2_blocksize) / kEpt;
-  const float subtract = p.subtract != nullptr ? *p.subtract : 0.0f;
-  const int64_t tiles = (p.n + kTile - 1) / kTile;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t e0 = tile * kTile + static_cast<int64_t>(threadIdx.x) * kEpt;
-    const bool full = p.vectorized && e0 + kEpt <= p.n;
-    float x[kEpt];
-    LoadElements<In>(input, e0, p.n, full, x);
-    if (p.subtract != nullptr) {
-#pragma unroll
-      for (int i = 0; i < kEpt; ++i) {
-        if (e0 + i < p.n) x[i] = __fsub_rn(x[i], subtract);
-      }
-    }
-    float amax = -FLT_MAX;
-#pragma unroll
-    for (int i = 0; i < kEpt; ++i) amax = fmaxf(amax, fabsf(x[i]));
-    amax = GroupMax(amax, group, scratch);
-    if ((threadIdx.x & (group - 1)) == 0 && e0 < p.n) p.absmax[e0 >> p.log2_blocksize] = amax;
-    const float inv = ReciprocalAbsmax(amax);
-    uint8_t q[kEpt];
-#pragma unroll
-    for (int i = 0; i < kEpt; ++i) q[i] = Codec::Encode(table, __fmul_rn(x[i], inv));
-    StoreCodes<Codec::kBits>(p.codes, e0, p.n, full, q);
-  }
 }
 
-// Blocks larger than a warp's share of a tile (blocksize > 32 * kEpt, e.g. 8-bit's default 4096):
-// one warp per quantization block, in two passes over it (absmax, then encode; the second pass
-// reads the block back from L1/L2). QuantizeBlockwiseKernel would need two CTA barriers per tile
-// for such blocks; this reduces with warp shuffles only. Same elements, same padding, same
-// fmaxf reduction (order-independent), same encoder: the same bytes.
-inline constexpr int kWarpChunk = 32 * kEpt;
-// 32 warps per CTA: the shared tables are built once per CTA, so bigger CTAs build them less often
-// (at 4096x4096 with 8-warp CTAs the 8-bit table build was a third of the kernel's instructions).
-inline constexpr int kLargeThreads = 1024;
-
+// The kEpt elements from e0 as float (zero past n), minus the double-quant subtrahend if any;
+// *full tells whether they were one vector load.
 template <typename In>
 __device__ __forceinline__ void LoadChunk(const QuantizeParams& p, const typename In::Storage* input,
                                           int64_t e0, float subtract, float (&x)[kEpt],
@@ -225,27 +184,62 @@ __device__ __forceinline__ void LoadChunk(const QuantizeParams& p, const typenam
   }
 }
 
+template <typename Codec>
+__device__ __forceinline__ void EncodeChunk(const float* table, const float (&x)[kEpt], float inv,
+                                            uint8_t (&q)[kEpt]) {
+#pragma unroll
+  for (int i = 0; i < kEpt; ++i) q[i] = Codec::Encode(table, __fmul_rn(x[i], inv));
+}
+
+template <typename Codec>
+using CodecTableStorage = float[Codec::kTable == CodecTable::kMap ? kMapRankTableFloats : 16];
+
+// Grid-stride over tiles, blocks of at most kWarpChunk elements. Per block: absmax =
+// fmaxf-reduction of |x| starting from -FLT_MAX (the zero padding of a partial last block takes
+// part, as in the CPU reference), inv = 1/absmax (IEEE), code = Encode(x * inv).
+template <typename In, typename Codec>
+__global__ void __launch_bounds__(kThreads) QuantizeBlockwiseKernel(QuantizeParams p) {
+  __shared__ CodecTableStorage<Codec> table;
+  LoadCodecTable<Codec>(p, table);
+  __syncthreads();
+  const auto* input = static_cast<const typename In::Storage*>(p.input);
+  const int group = (1 << p.log2_blocksize) / kEpt;
+  const float subtract = p.subtract != nullptr ? *p.subtract : 0.0f;
+  const int64_t tiles = (p.n + kTile - 1) / kTile;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t e0 = tile * kTile + static_cast<int64_t>(threadIdx.x) * kEpt;
+    float x[kEpt];
+    bool full;
+    LoadChunk<In>(p, input, e0, subtract, x, &full);
+    float amax = -FLT_MAX;
+#pragma unroll
+    for (int i = 0; i < kEpt; ++i) amax = fmaxf(amax, fabsf(x[i]));
+    amax = GroupMax(amax, group);
+    if ((threadIdx.x & (group - 1)) == 0 && e0 < p.n) p.absmax[e0 >> p.log2_blocksize] = amax;
+    uint8_t q[kEpt];
+    EncodeChunk<Codec>(table, x, ReciprocalAbsmax(amax), q);
+    StoreCodes<Codec::kBits>(p.codes, e0, p.n, full, q);
+  }
+}
+
+// Blocks larger than kWarpChunk: one warp per quantization block, in two passes over it (absmax,
+// then encode; the second pass reads the block back from L1/L2). With QuantizeBlockwiseKernel's
+// tiling such a block would span warps and need two CTA barriers per tile; here the reduction is
+// warp shuffles only. Same elements, same padding, same fmaxf reduction (order-independent), same
+// encoder: the same bytes.
 template <typename In, typename Codec>
 __global__ void __launch_bounds__(kLargeThreads) QuantizeLargeBlocksKernel(QuantizeParams p) {
-  using T = typename In::Storage;
-  __shared__ float table[Codec::kTable == CodecTable::kMap ? kMapRankTableFloats : 16];
-  if constexpr (Codec::kTable == CodecTable::kMap) {
-    LoadMapRanks(p.table, reinterpret_cast<MapRankTable*>(table));
-  } else if constexpr (Codec::kTable == CodecTable::kTree16) {
-    if (threadIdx.x == 0) {  // constant indices only (see QuantizeBlockwiseKernel)
-#pragma unroll
-      for (int i = 0; i < 16; ++i) table[i] = p.tree.v[i];
-    }
-  }
+  __shared__ CodecTableStorage<Codec> table;
+  LoadCodecTable<Codec>(p, table);
   __syncthreads();
-  const T* input = static_cast<const T*>(p.input);
+  const auto* input = static_cast<const typename In::Storage*>(p.input);
   const int lane = threadIdx.x % 32;
   const int64_t blocksize = int64_t{1} << p.log2_blocksize;
   const float subtract = p.subtract != nullptr ? *p.subtract : 0.0f;
   const int64_t blocks = (p.n + blocksize - 1) >> p.log2_blocksize;
   const int64_t warps = int64_t{gridDim.x} * (kLargeThreads / 32);
-  for (int64_t block = int64_t{blockIdx.x} * (kLargeThreads / 32) + threadIdx.x / 32; block < blocks;
-       block += warps) {
+  for (int64_t block = int64_t{blockIdx.x} * (kLargeThreads / 32) + threadIdx.x / 32;
+       block < blocks; block += warps) {
     const int64_t base = block << p.log2_blocksize;
     float amax = -FLT_MAX;
     for (int64_t chunk = 0; chunk < blocksize; chunk += kWarpChunk) {
@@ -255,10 +249,7 @@ __global__ void __launch_bounds__(kLargeThreads) QuantizeLargeBlocksKernel(Quant
 #pragma unroll
       for (int i = 0; i < kEpt; ++i) amax = fmaxf(amax, fabsf(x[i]));
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
-    }
+    amax = GroupMax(amax, 32);
     if (lane == 0) p.absmax[block] = amax;
     const float inv = ReciprocalAbsmax(amax);
     for (int64_t chunk = 0; chunk < blocksize; chunk += kWarpChunk) {
@@ -267,8 +258,7 @@ __global__ void __launch_bounds__(kLargeThreads) QuantizeLargeBlocksKernel(Quant
       bool full;
       LoadChunk<In>(p, input, e0, subtract, x, &full);
       uint8_t q[kEpt];
-#pragma unroll
-      for (int i = 0; i < kEpt; ++i) q[i] = Codec::Encode(table, __fmul_rn(x[i], inv));
+      EncodeChunk<Codec>(table, x, inv, q);
       StoreCodes<Codec::kBits>(p.codes, e0, p.n, full, q);
     }
   }

@@ -1,10 +1,11 @@
-// Internal to quant/cuda: the encoders the quantize kernels use. They walk the comparison tree of
-// quant/encode.h (bnb dQuantizeNF4 / dQuantizeFP4 / dQuantize<0> in csrc/kernels.cu) with its
+// Internal to quant/cuda: the encoders the quantize kernels use. NF4 and FP4 walk the comparison
+// tree of quant/encode.h (bnb dQuantizeNF4 / dQuantizeFP4 in csrc/kernels.cu) with its
 // thresholds in shared memory in breadth-first (Eytzinger) order: node k's children are 2k and
 // 2k+1, so every step is one load, one compare and one shift-add, without divergence, and each tree
 // level lies in consecutive words (few bank conflicts). The comparisons are the reference's,
 // against the same binary32 values, in the same order, so the codes are the same on every input
-// (CountEncoderMismatches checks all 2^32 of them).
+// (CountEncoderMismatches checks all 2^32 of them). The 8-bit map (dQuantize<0>) is encoded by
+// rank, below.
 #pragma once
 
 #include <cstdint>
@@ -50,63 +51,7 @@ __device__ __forceinline__ uint8_t EncodeFp4Tree(const float* tree, float x) {
   return static_cast<uint8_t>(sign | (rank ^ ((rank << 1) & 4)));
 }
 
-// 8-bit dynamic map. EncodeDynamic8bit's pivots 127, 127 +- 64, ... form a 255-node search tree:
-// node k at depth L is pivot (2 (k - 2^L) + 1) * 2^(7 - L) - 1 (depth 7 holds the even indices the
-// last step lands on). tree[k] = code[pivot(k)] for k = 1..255, tree[0] = code[0],
-// tree[256] = code[255].
-inline constexpr int kMapTreeSize = 257;
-
-__device__ __forceinline__ int MapPivot(int k, int depth) {
-  return (2 * (k - (1 << depth)) + 1) * (1 << (7 - depth)) - 1;
-}
-
-// Fills tree[] from code[] (256 entries); called by all kThreads (>= 256) threads, then a barrier.
-__device__ __forceinline__ void LoadMapTree(const float* code, float* tree) {
-  const int k = threadIdx.x;
-  if (k == 0) {
-    tree[0] = code[0];
-    tree[256] = code[255];
-  } else if (k < 256) {
-    const int depth = 31 - __clz(k);
-    tree[k] = code[MapPivot(k, depth)];
-  }
-}
-
-// A literal re-walk of EncodeDynamic8bit (same comparisons, same neighbours, same midpoints).
-__device__ __forceinline__ uint8_t EncodeDynamic8bitTree(const float* tree, float x) {
-  int k = 1;
-  int pivot = 127;
-  int upper_pivot = 255;
-  int lower_pivot = 0;
-  float lower = -1.0f;
-  float upper = 1.0f;
-  float val = tree[1];
-#pragma unroll
-  for (int step = 64; step > 0; step >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += step;
-      k = 2 * k + 1;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= step;
-      k = 2 * k;
-    }
-    val = tree[k];
-  }
-  if (upper_pivot == 255) upper = tree[256];
-  if (lower_pivot == 0) lower = tree[0];
-  if (x > val) {
-    const float midpoint = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(x > midpoint ? upper_pivot : pivot);
-  }
-  const float midpoint = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
-}
-
-// 8-bit dynamic map by rank, the form the quantize kernel uses. EncodeDynamic8bit's 7 comparisons
+// 8-bit dynamic map by rank. EncodeDynamic8bit's 7 comparisons
 // (x > code[pivot] at pivots 127, 127 +- 64, ...: all odd) search the 127 odd-indexed values, which
 // are ascending, so its final pivot is p = 2r with r = #{j < 127 : code[2j + 1] < x} (0 for NaN,
 // which fails every comparison), its last right turn is p - 1 (lower_pivot 0 if none) and its last

@@ -13,10 +13,9 @@ namespace kbitd::quant::cuda {
 struct EncoderMismatches {
   uint64_t nf4 = 0;         // EncodeNf4Tree vs EncodeNf4
   uint64_t fp4 = 0;         // EncodeFp4Tree vs EncodeFp4
-  uint64_t dynamic8 = 0;    // EncodeDynamic8bitTree vs EncodeDynamic8bit with `code256`
+  uint64_t dynamic8 = 0;    // EncodeDynamic8bitRank vs EncodeDynamic8bit with `code256`
   uint64_t nf4_select = 0;  // EncodeNf4Select vs EncodeNf4
   uint64_t fp4_select = 0;  // EncodeFp4Select vs EncodeFp4
-  uint64_t dynamic8_rank = 0;  // EncodeDynamic8bitRank (used by the kernel) vs EncodeDynamic8bit
 };
 
 // Counts the inputs on which the device encoders differ from the reference. code256: a 256-entry
