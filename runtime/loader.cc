@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -118,6 +119,36 @@ const void* AlignedFloatData(const TensorView& view, std::vector<uint8_t>* copy)
   return copy->data();
 }
 
+template <typename T>
+absl::StatusOr<Buffer> CopyVector(LoadContext& ctx, const std::vector<T>& values) {
+  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, values.size() * sizeof(T)));
+  std::memcpy(buffer.data(), values.data(), values.size() * sizeof(T));
+  return buffer;
+}
+
+// A 4-bit weight's block scales in the weights pool: plain fp32 absmax, or (double quant) the
+// 8-bit codes with their nested absmax, code and offset.
+absl::Status PlaceFourBitScales(LoadContext& ctx, const std::vector<float>& absmax,
+                                const std::optional<quant::NestedAbsmax>& nested, LinearWeight* w) {
+  if (!nested.has_value()) {
+    KBITD_ASSIGN_OR_RETURN(Buffer absmax_buffer, CopyVector(ctx, absmax));
+    w->absmax = absmax_buffer.as<float>();
+    w->storage.push_back(std::move(absmax_buffer));
+    return absl::OkStatus();
+  }
+  KBITD_ASSIGN_OR_RETURN(Buffer codes, CopyVector(ctx, nested->codes));
+  KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax, CopyVector(ctx, nested->nested_absmax));
+  w->nested = true;
+  w->absmax_codes = codes.as<uint8_t>();
+  w->nested_absmax = nested_absmax.as<float>();
+  std::copy_n(nested->nested_code.begin(), w->nested_code.size(), w->nested_code.begin());
+  w->nested_offset = nested->offset;
+  w->nested_blocksize = nested->nested_blocksize;
+  w->storage.push_back(std::move(codes));
+  w->storage.push_back(std::move(nested_absmax));
+  return absl::OkStatus();
+}
+
 absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeight* w) {
   const QuantizationConfig& q = *ctx.quantize;
   const int64_t n = w->out_features * w->in_features;
@@ -150,37 +181,11 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   w->blocksize = q.blocksize;
   w->packed = packed.as<uint8_t>();
   w->storage.push_back(std::move(packed));
+  std::optional<quant::NestedAbsmax> nested;
   if (q.bnb_4bit_use_double_quant) {
-    KBITD_ASSIGN_OR_RETURN(quant::NestedAbsmax nested,
-                           quant::DoubleQuantizeAbsmax(absmax.data(), blocks));
-    KBITD_ASSIGN_OR_RETURN(Buffer codes, Allocate(ctx, blocks));
-    KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax,
-                           Allocate(ctx, nested.nested_absmax.size() * sizeof(float)));
-    std::memcpy(codes.data(), nested.codes.data(), blocks);
-    std::memcpy(nested_absmax.data(), nested.nested_absmax.data(),
-                nested.nested_absmax.size() * sizeof(float));
-    w->nested = true;
-    w->absmax_codes = codes.as<uint8_t>();
-    w->nested_absmax = nested_absmax.as<float>();
-    std::copy(nested.nested_code.begin(), nested.nested_code.end(), w->nested_code.begin());
-    w->nested_offset = nested.offset;
-    w->nested_blocksize = nested.nested_blocksize;
-    w->storage.push_back(std::move(codes));
-    w->storage.push_back(std::move(nested_absmax));
-  } else {
-    KBITD_ASSIGN_OR_RETURN(Buffer absmax_buffer, Allocate(ctx, blocks * sizeof(float)));
-    std::memcpy(absmax_buffer.data(), absmax.data(), blocks * sizeof(float));
-    w->absmax = absmax_buffer.as<float>();
-    w->storage.push_back(std::move(absmax_buffer));
+    KBITD_ASSIGN_OR_RETURN(nested, quant::DoubleQuantizeAbsmax(absmax.data(), blocks));
   }
-  return absl::OkStatus();
-}
-
-template <typename T>
-absl::StatusOr<Buffer> CopyVector(LoadContext& ctx, const std::vector<T>& values) {
-  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, values.size() * sizeof(T)));
-  std::memcpy(buffer.data(), values.data(), values.size() * sizeof(T));
-  return buffer;
+  return PlaceFourBitScales(ctx, absmax, nested, w);
 }
 
 // A Linear4bit / Linear8bitLt module saved by transformers + bitsandbytes or kbitq (bnb-spec §5.2,
@@ -201,23 +206,7 @@ absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, L
       std::copy_n(state.code.begin(), w->code.size(), w->code.begin());
       w->blocksize = state.blocksize;
       w->packed = data.as<uint8_t>();
-      if (state.nested.has_value()) {
-        const quant::NestedAbsmax& nested = *state.nested;
-        KBITD_ASSIGN_OR_RETURN(Buffer codes, CopyVector(ctx, nested.codes));
-        KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax, CopyVector(ctx, nested.nested_absmax));
-        w->nested = true;
-        w->absmax_codes = codes.as<uint8_t>();
-        w->nested_absmax = nested_absmax.as<float>();
-        std::copy_n(nested.nested_code.begin(), w->nested_code.size(), w->nested_code.begin());
-        w->nested_offset = nested.offset;
-        w->nested_blocksize = nested.nested_blocksize;
-        w->storage.push_back(std::move(codes));
-        w->storage.push_back(std::move(nested_absmax));
-      } else {
-        KBITD_ASSIGN_OR_RETURN(Buffer absmax, CopyVector(ctx, state.absmax));
-        w->absmax = absmax.as<float>();
-        w->storage.push_back(std::move(absmax));
-      }
+      KBITD_RETURN_IF_ERROR(PlaceFourBitScales(ctx, state.absmax, state.nested, w));
       break;
     }
     case quant::QuantType::kInt8Rowwise: {
