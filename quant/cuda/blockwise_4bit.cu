@@ -62,7 +62,7 @@ absl::Status Dequantize4bit(FourBitType type, const uint8_t* packed, const float
   params.log2_blocksize = internal::Log2Blocksize(blocksize);
   params.output = output;
   params.lut16 = CodeBook(type);
-  params.vectorized = IsAligned(output, 16) && IsAligned(packed, 8);
+  params.vectorized = IsAligned(output, 16) && IsAligned(packed, 4);
   return internal::DispatchElem(output_type, [&](auto out) {
     return internal::LaunchDequantize<decltype(out), 4>(params, AsCudaStream(stream),
                                                         "Dequantize4bit");

@@ -55,7 +55,7 @@ absl::Status DequantizeBlockwise8bit(const float* code256, const uint8_t* codes,
   params.log2_blocksize = internal::Log2Blocksize(blocksize);
   params.output = output;
   params.table = code256;
-  params.vectorized = IsAligned(output, 16) && IsAligned(codes, 16);
+  params.vectorized = IsAligned(output, 16) && IsAligned(codes, 8);
   return internal::DispatchElem(output_type, [&](auto out) {
     return internal::LaunchDequantize<decltype(out), 8>(params, AsCudaStream(stream),
                                                         "DequantizeBlockwise8bit");

@@ -3,6 +3,7 @@
 // vector access. Only NaN payloads are not reproduced on load; no kernel result depends on them.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -107,8 +108,30 @@ template <typename T, int kCount>
 union Vec {
   static_assert(sizeof(T) * kCount % 16 == 0);
   uint4 v[sizeof(T) * kCount / 16];
+  uint32_t w[sizeof(T) * kCount / 4];
   T e[kCount];
 };
+
+// Out::Store of kCount finite values (no NaN to reproduce): 16-bit outputs convert two values per
+// instruction (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32), which rounds to nearest even like Store.
+template <typename Out, int kCount>
+__device__ __forceinline__ void StoreFinite(const float (&value)[kCount],
+                                            Vec<typename Out::Storage, kCount>& out) {
+  static_assert(kCount % 2 == 0);
+#pragma unroll
+  for (int j = 0; j < kCount / 2; ++j) {
+    if constexpr (Out::kType == ScalarType::kFloat32) {
+      out.e[2 * j] = value[2 * j];
+      out.e[2 * j + 1] = value[2 * j + 1];
+    } else if constexpr (Out::kType == ScalarType::kBFloat16) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(value[2 * j], value[2 * j + 1]);
+      out.w[j] = *reinterpret_cast<const uint32_t*>(&pair);
+    } else {
+      const __half2 pair = __floats2half2_rn(value[2 * j], value[2 * j + 1]);
+      out.w[j] = *reinterpret_cast<const uint32_t*>(&pair);
+    }
+  }
+}
 
 // Streaming (evict-first) 16-byte loads and stores: every byte is touched once.
 template <typename T, int kCount>

@@ -1,6 +1,8 @@
 // CUDA 4-bit blockwise quantize / dequantize must give the CPU reference's bytes exactly: packed
 // codes, absmax and dequantized values, for NF4 and FP4, every blocksize and dtype, odd n, partial
 // last blocks, special values and unaligned pointers. Skips without a GPU.
+#include <bit>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -121,6 +123,44 @@ TEST(CudaBlockwise4bitTest, MatchesCpuOnLargeTensors) {
   for (FourBitType type : {FourBitType::kNf4, FourBitType::kFp4}) {
     CheckCase({type, ScalarType::kBFloat16, 64, 1024 * 1027 + 1, false, true}, rng);
     CheckCase({type, ScalarType::kFloat16, 4096, 1024 * 1027 + 1, false, false}, rng);
+  }
+}
+
+// The dequantize kernel converts finite products to 16 bits with the hardware's pair conversion;
+// it must round like the host at the edges too: subnormal results, the smallest normals, and
+// products that round up to infinity in fp16/bf16. Random codes, absmax spread over every binade.
+TEST(CudaBlockwise4bitTest, DequantizeMatchesCpuForExtremeScales) {
+  KBITD_SKIP_WITHOUT_GPU();
+  const uint32_t seed = testing::FreshSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  std::mt19937 rng(seed);
+  const int64_t blocksize = 64, nblocks = 4096, n = blocksize * nblocks;
+  std::vector<uint8_t> packed(Packed4bitBytes(n));
+  for (uint8_t& b : packed) b = static_cast<uint8_t>(rng());
+  std::vector<float> absmax(nblocks);
+  std::uniform_int_distribution<uint32_t> bits(1, 0x7F7FFFFFu);  // every positive finite float
+  for (int64_t i = 0; i < nblocks; ++i) {
+    absmax[i] = i % 4 == 0 ? std::ldexp(1.0f, static_cast<int>(i % 300) - 149)  // 2^-149 .. 2^150
+                           : std::bit_cast<float>(bits(rng));
+  }
+  auto d_packed = ToDevice(packed, 0);
+  auto d_absmax = ToDevice(absmax, 0);
+  for (FourBitType type : {FourBitType::kNf4, FourBitType::kFp4}) {
+    for (ScalarType out_type : testing::kFloatTypes) {
+      SCOPED_TRACE(absl::StrCat(std::string(FourBitTypeName(type)), " to ", DtypeName(out_type)));
+      const size_t out_bytes = n * ScalarTypeSize(out_type);
+      std::vector<uint8_t> expected(out_bytes);
+      ASSERT_TRUE(quant::Dequantize4bit(type, packed.data(), absmax.data(), n, blocksize, out_type,
+                                        expected.data())
+                      .ok());
+      auto d_out = PoisonedOutput(out_bytes);
+      ASSERT_TRUE(Dequantize4bit(type, static_cast<const uint8_t*>(d_packed.data),
+                                 static_cast<const float*>(d_absmax.data), n, blocksize, out_type,
+                                 d_out.data, nullptr)
+                      .ok());
+      ASSERT_TRUE(SynchronizeStream(nullptr).ok());
+      EXPECT_EQ(CompareBytes(expected, FromDevice<uint8_t>(d_out, out_bytes)), "");
+    }
   }
 }
 
