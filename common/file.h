@@ -1,6 +1,6 @@
 // Whole-file reads for the small text files kbitd opens (config.json, tokenizer.json, kbitd.yaml,
 // TLS PEM files, evaluation text). Large tensor data is memory-mapped instead
-// (runtime/mapped_file.h).
+// (runtime/checkpoint/mapped_file.h).
 #pragma once
 
 #include <string>

@@ -6,9 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "runtime/cpu_backend.h"
+#include "runtime/cpu/cpu_backend.h"
 #include "runtime/kv_cache.h"
-#include "runtime/llama_model.h"
+#include "runtime/llama_forward.h"
 #include "runtime/sampler.h"
 
 namespace kbitd::runtime {

@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/kernel_observer.h"
 #include "runtime/model.h"
-#include "runtime/sampling.h"
+#include "runtime/sampling_params.h"
 
 namespace kbitd::runtime {
 

@@ -13,9 +13,9 @@
 #include "quant/codebooks.h"
 #include "quant/double_quant.h"
 #include "quant/int8_rowwise.h"
-#include "runtime/bnb_checkpoint.h"
-#include "runtime/checkpoint.h"
-#include "runtime/tokenizer.h"
+#include "runtime/checkpoint/bnb_checkpoint.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -189,7 +189,7 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
 }
 
 // A Linear4bit / Linear8bitLt module saved by transformers + bitsandbytes or kbitq (bnb-spec §5.2,
-// §6.3). Its state is read and validated by quant::FromStateDict through runtime/bnb_checkpoint.h,
+// §6.3). Its state is read and validated by quant::FromStateDict through runtime/checkpoint/bnb_checkpoint.h,
 // the parser `kbitq inspect/dequantize` use, then copied into the weights pool.
 absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, LinearWeight* w) {
   KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(ctx.checkpoint, module));

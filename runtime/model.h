@@ -19,7 +19,7 @@
 
 namespace kbitd::runtime {
 
-class Tokenizer;  // runtime/tokenizer.h
+class Tokenizer;  // runtime/tokenizer/tokenizer.h
 
 struct DeviceMemoryUsage {
   Device device;

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "runtime/sampling.h"
+#include "runtime/sampling_params.h"
 
 namespace kbitd::runtime {
 

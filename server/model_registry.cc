@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "runtime/export_checkpoint.h"
+#include "runtime/convert/export_checkpoint.h"
 #include "runtime/placement.h"
 #include "runtime/quantization_config.h"
 #include "server/config.h"

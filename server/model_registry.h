@@ -27,11 +27,11 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "kbitd/v1/model_service.pb.h"
-#include "runtime/convert_progress.h"
+#include "runtime/convert/convert_progress.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
 #include "runtime/model.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "server/device_worker.h"
 #include "server/metrics.h"
 #include "server/model_root.h"
@@ -75,7 +75,7 @@ class ModelRegistry {
   void Load(const v1::LoadModelRequest& request, LoadDone done);
   void Unload(const std::string& name, UnloadDone done);
   // Writes a plain checkpoint of the READY model `name` to `output_path` (relative to the root;
-  // a new folder) on a registry thread, see runtime/export_checkpoint.h; `dtype` nullopt = the
+  // a new folder) on a registry thread, see runtime/convert/export_checkpoint.h; `dtype` nullopt = the
   // model's original dtype. `done` gets the summary or the error: NOT_FOUND (unknown model),
   // FAILED_PRECONDITION (not READY), the root's path errors (INVALID_ARGUMENT,
   // PERMISSION_DENIED, NOT_FOUND for a missing parent, ALREADY_EXISTS), CANCELLED when an unload

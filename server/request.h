@@ -17,7 +17,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/support/server_callback.h"
 #include "kbitd/v1/inference_service.pb.h"
-#include "runtime/sampling.h"
+#include "runtime/sampling_params.h"
 
 namespace kbitd::server {
 

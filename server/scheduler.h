@@ -19,7 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "runtime/engine.h"
-#include "runtime/streaming_decoder.h"
+#include "runtime/tokenizer/streaming_decoder.h"
 #include "server/batch_policy.h"
 #include "server/metrics.h"
 #include "server/request.h"

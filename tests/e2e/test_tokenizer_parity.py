@@ -1,4 +1,4 @@
-"""Parity of runtime/tokenizer.h (through tools/kbitd_tokenize) with Hugging Face `tokenizers`.
+"""Parity of runtime/tokenizer/tokenizer.h (through tools/kbitd_tokenize) with Hugging Face `tokenizers`.
 
 Encodes and decodes a few hundred varied lines (fixed-seed random Unicode included) with the
 test tokenizers in tests/data/tokenizers/ and with variants of them (other pre-tokenizer and

@@ -1,7 +1,7 @@
 #include "runtime/kv_cache.h"
 
 #include "gtest/gtest.h"
-#include "runtime/thread_pool.h"
+#include "runtime/cpu/thread_pool.h"
 
 namespace kbitd::runtime {
 namespace {

@@ -1,4 +1,4 @@
-// A checkpoint written by `kbitq quantize` (runtime/quantize_checkpoint.h) loads pre-quantized and
+// A checkpoint written by `kbitq quantize` (runtime/convert/quantize_checkpoint.h) loads pre-quantized and
 // computes exactly what quantizing the same plain checkpoint on load computes: the same bytes go
 // through bitsandbytes' state-dict keys and back.
 #include <cstring>
@@ -7,7 +7,7 @@
 #include "gtest/gtest.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "runtime/quantize_checkpoint.h"
+#include "runtime/convert/quantize_checkpoint.h"
 
 namespace kbitd::runtime {
 namespace {

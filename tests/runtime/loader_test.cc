@@ -6,9 +6,9 @@
 #include <sstream>
 
 #include "gtest/gtest.h"
-#include "runtime/checkpoint.h"
-#include "runtime/safetensors_writer.h"
-#include "runtime/tokenizer.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "runtime/checkpoint/safetensors_writer.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace kbitd::runtime {
 namespace {

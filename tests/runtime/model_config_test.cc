@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "gtest/gtest.h"
-#include "runtime/llama_model.h"
+#include "runtime/llama_forward.h"
 
 namespace kbitd::runtime {
 namespace {

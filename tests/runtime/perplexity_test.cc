@@ -8,7 +8,7 @@
 #include "gtest/gtest.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "runtime/safetensors.h"
+#include "runtime/checkpoint/safetensors.h"
 
 namespace kbitd::runtime {
 namespace {

@@ -2,7 +2,7 @@
 """Trains the small test tokenizers under tests/data/tokenizers/ with Hugging Face `tokenizers`
 and records golden encodings/decodings of a varied corpus (tests/data/tokenizers/golden.json).
 
-Three tokenizers mirror the families kbitd must load (runtime/tokenizer.h):
+Three tokenizers mirror the families kbitd must load (runtime/tokenizer/tokenizer.h):
   gpt2_bytelevel   BPE + ByteLevel pre-tokenizer (GPT-2 regex) + ByteLevel decoder.
   llama3_regex     BPE (ignore_merges) + Split(Llama-3 regex) + ByteLevel(use_regex=false),
                    TemplateProcessing "<|begin_of_text|> $A".

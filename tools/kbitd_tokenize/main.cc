@@ -1,4 +1,4 @@
-// kbitd_tokenize: a small CLI over runtime/tokenizer.h, used by tests/e2e/test_tokenizer_parity.py
+// kbitd_tokenize: a small CLI over runtime/tokenizer/tokenizer.h, used by tests/e2e/test_tokenizer_parity.py
 // to compare with Hugging Face `tokenizers`, and to benchmark encoding.
 //
 //   kbitd_tokenize --tokenizer tokenizer.json            JSON lines on stdin -> JSON lines out
@@ -22,8 +22,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/json.h"
-#include "runtime/streaming_decoder.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizer/streaming_decoder.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 #include "common/status_macros.h"
 #include "runtime/loader.h"
 #include "runtime/perplexity.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace kbitd::runtime {
 namespace {

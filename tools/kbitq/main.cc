@@ -24,9 +24,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
-#include "runtime/dequantize_checkpoint.h"
-#include "runtime/inspect_checkpoint.h"
-#include "runtime/quantize_checkpoint.h"
+#include "runtime/convert/dequantize_checkpoint.h"
+#include "runtime/convert/inspect_checkpoint.h"
+#include "runtime/convert/quantize_checkpoint.h"
 #include "tools/kbitq/eval.h"
 
 namespace kbitd::runtime {

@@ -1,0 +1,36 @@
+// Finds the modules of a checkpoint saved by transformers + bitsandbytes (or kbitq) from
+// bitsandbytes' state-dict key names (bnb-spec §5.2, §6.3) and reads their quant::QuantState:
+//   4-bit:     "<p>.weight.quant_state.bitsandbytes__nf4|fp4" marks module <p>; its state is every
+//              "<p>.weight" / "<p>.weight.*" tensor;
+//   LLM.int8:  "<p>.SCB" marks module <p>; its state is <p>.weight, <p>.SCB, <p>.weight_format.
+// Biases and all other tensors are plain.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "quant/quant_state.h"
+#include "runtime/checkpoint/checkpoint.h"
+
+namespace kbitd::runtime {
+
+struct QuantizedModule {
+  std::string prefix;                // e.g. "model.layers.0.self_attn.q_proj"
+  bool four_bit = true;              // false: LLM.int8
+  std::vector<std::string> tensors;  // the checkpoint tensors holding its state, sorted
+};
+
+struct QuantizedLayout {
+  std::vector<QuantizedModule> modules;  // sorted by prefix
+  std::vector<std::string> plain;        // every other tensor, sorted
+};
+
+absl::StatusOr<QuantizedLayout> FindQuantizedModules(const Checkpoint& checkpoint);
+
+// Copies the module's tensors out of the checkpoint and parses them with quant::FromStateDict;
+// errors name the checkpoint and the tensor at fault.
+absl::StatusOr<quant::QuantState> ReadQuantState(const Checkpoint& checkpoint,
+                                                 const QuantizedModule& module);
+
+}  // namespace kbitd::runtime
