@@ -1,6 +1,6 @@
 // bitsandbytes' code books, as binary32 bit patterns so that host and device use the same bits.
 // Source: bitsandbytes functional.py get_4bit_type / create_dynamic_map and csrc/kernels.cu
-// (dQuantizeNF4, dQuantizeFP4, nf4/fp4 dequantization LUTs); see ../shared/reference/bnb-spec.md.
+// (dQuantizeNF4, dQuantizeFP4, nf4/fp4 dequantization LUTs); see docs/bnb-spec.md.
 #pragma once
 
 #include <array>

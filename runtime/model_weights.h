@@ -2,7 +2,7 @@
 // either dense (float32/float16/bfloat16, [out, in] row-major as in the checkpoint), bitsandbytes
 // 4-bit (NF4/FP4 packed two per byte, first element in the high nibble, blockwise absmax that may
 // itself be 8-bit "double" quantized) or LLM.int8 row-wise (int8 CB [out, in] + fp32 SCB [out]).
-// Layouts and key names: ../shared/reference/bnb-spec.md §2, §4, §5, §6.
+// Layouts and key names: docs/bnb-spec.md §2, §4, §5, §6.
 #pragma once
 
 #include <array>

@@ -4,8 +4,8 @@
 # It fails if there is no GPU, so a GPU run that silently skipped everything cannot pass.
 #
 # usage: bash scripts/gpu-test.sh [DIR]
-#   DIR: a build tree (default: build) or a folder of test binaries, e.g. a bundle made with
-#        ../shared/tools/device-bundle for the lent GPU machine (source its env.sh first).
+#   DIR: a build tree (default: build) or a folder of test binaries copied to the GPU machine
+#        with the shared libraries they need (set LD_LIBRARY_PATH to find them).
 set -euo pipefail
 dir=${1:-build}
 if ! nvidia-smi -L >/dev/null 2>&1; then

@@ -81,8 +81,9 @@ TEST(SafetensorsHeaderTest, ReadsMetadataInOrder) {
   EXPECT_EQ(header->metadata[1].second, "2");
 }
 
-// Vectors ported from safetensors/src/tensor.rs tests plus the attacks in
-// ../shared/reference/ecosystem-reliability.md (B2, B3).
+// Vectors ported from safetensors/src/tensor.rs tests plus known attacks on model-file parsers:
+// oversized header lengths, offsets past the end, overlapping or gapped data, trailing bytes
+// (polyglot files, Trail of Bits' 2023 safetensors audit).
 TEST(SafetensorsHeaderTest, RejectsFramingErrors) {
   EXPECT_THAT(ErrorOf(""), HasSubstr("too short"));
   EXPECT_THAT(ErrorOf("1234567"), HasSubstr("too short"));
