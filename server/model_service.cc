@@ -82,12 +82,6 @@ class DequantizeCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk
   v1::DequantizeChunk chunk_;
 };
 
-class FailedCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk> {
- public:
-  explicit FailedCall(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
-  void OnDone() override { delete this; }
-};
-
 }  // namespace
 
 grpc::ServerUnaryReactor* ModelService::LoadModel(grpc::CallbackServerContext* context,
@@ -133,7 +127,7 @@ grpc::ServerUnaryReactor* ModelService::GetModel(grpc::CallbackServerContext* co
 grpc::ServerWriteReactor<v1::DequantizeChunk>* ModelService::Dequantize(
     grpc::CallbackServerContext* context, const v1::DequantizeRequest* request) {
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());
-  if (!model.ok()) return new FailedCall(model.status());
+  if (!model.ok()) return new FailedStream<v1::DequantizeChunk>(model.status());
   return new DequantizeCall(*std::move(model), *request);
 }
 
