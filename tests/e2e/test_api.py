@@ -171,6 +171,24 @@ def test_bad_model_requests(daemon):
     assert generate(daemon, "ok", max_new_tokens=2)[0]
 
 
+def test_unknown_tensor_dtype_is_refused_by_dequantize_and_export(daemon):
+    """Both RPCs map TensorDtype the same way: a value this daemon does not know is refused, not
+    served as float32."""
+    pb = daemon.pb
+    calls = [
+        lambda: list(daemon.models.Dequantize(pb.model.DequantizeRequest(
+            model="tiny", tensor="model.layers.0.mlp.up_proj.weight", dtype=7), timeout=30)),
+        lambda: daemon.models.ExportDequantized(pb.model.ExportDequantizedRequest(
+            model="tiny", output_path="never-written", dtype=7), metadata=daemon.admin(),
+            timeout=30),
+    ]
+    for call in calls:
+        code, details = code_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert "dtype: unknown TensorDtype 7" in details, details
+    assert not (daemon.root / "models" / "never-written").exists()
+
+
 def test_concurrent_load_unload_of_one_name_stays_consistent(daemon):
     """Loads, unloads and generations of the same name race (Triton's
     test_concurrent_same_model_load_unload_stress): every call ends with an expected code, the
