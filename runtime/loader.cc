@@ -313,8 +313,16 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
 absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   const std::string dir = options.path;
   std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) {
+  const std::filesystem::file_status status = std::filesystem::status(dir, ec);
+  if (!std::filesystem::exists(status)) {
     return absl::NotFoundError(absl::StrCat("model folder not found: ", dir));
+  }
+  // A path to one of the checkpoint's files (config.json, model.safetensors) is a common slip;
+  // "not found" would send the user looking for a file that is there.
+  if (!std::filesystem::is_directory(status)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, std::filesystem::is_regular_file(status) ? " is a file" : " exists",
+        ", not a folder: give the checkpoint folder (config.json, tokenizer.json, *.safetensors)"));
   }
   KBITD_RETURN_IF_ERROR(CheckFileExists(dir + "/config.json", "config.json"));
   KBITD_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(dir + "/config.json"));

@@ -171,6 +171,18 @@ def test_bad_model_requests(daemon):
     assert generate(daemon, "ok", max_new_tokens=2)[0]
 
 
+def test_load_of_a_file_says_it_is_not_a_folder(daemon):
+    pb = daemon.pb
+    code, details = code_of(lambda: daemon.models.LoadModel(
+        pb.model.LoadModelRequest(name="a-file", path="tiny/config.json"),
+        metadata=daemon.admin(), timeout=60))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "tiny/config.json is a file, not a folder" in details, details
+    info = daemon.models.GetModel(pb.model.GetModelRequest(name="a-file"))
+    assert info.state == pb.model.MODEL_STATE_FAILED and "not a folder" in info.error
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="a-file"), metadata=daemon.admin())
+
+
 def test_unknown_tensor_dtype_is_refused_by_dequantize_and_export(daemon):
     """Both RPCs map TensorDtype the same way: a value this daemon does not know is refused, not
     served as float32."""

@@ -118,6 +118,14 @@ TEST(LoaderTest, MissingFilesAreNotFound) {
   ExpectError(LoadStatus(dir), absl::StatusCode::kNotFound, "config.json");
 }
 
+TEST(LoaderTest, FileInsteadOfFolderIsSaidToBeAFile) {
+  std::string dir = CopyModel("llama", "fp32");
+  absl::Status status = LoadStatus(dir + "/config.json");
+  ExpectError(status, absl::StatusCode::kInvalidArgument,
+              dir + "/config.json is a file, not a folder");
+  EXPECT_EQ(std::string(status.message()).find("not found"), std::string::npos) << status;
+}
+
 TEST(LoaderTest, MissingTensorIsNamed) {
   std::string dir = CopyModel("mistral", "fp32");
   auto original = Checkpoint::Open(kModels + "/mistral/fp32");
