@@ -236,6 +236,17 @@ absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out
   ctx.parameter_count += out * in;
   if (auto it = ctx.quantized_modules.find(prefix); it != ctx.quantized_modules.end()) {
     KBITD_RETURN_IF_ERROR(LoadPrequantized(ctx, it->second, w));
+  } else if (ctx.prequantized && !IsModuleSkipped(ctx.skip_modules, prefix)) {
+    // transformers refuses this too: serving the plain weights would ignore the config that says
+    // they are quantized (and its memory and accuracy promises).
+    const QuantizationConfig& q = *ctx.config.quantization;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json declares bitsandbytes ", q.load_in_4bit ? "4-bit" : "8-bit",
+        " quantization (quantization_config) but tensor ", prefix,
+        ".weight has no bitsandbytes quantization state (no ",
+        QuantStateMarker(prefix, q.load_in_4bit, q.bnb_4bit_quant_type),
+        " in the checkpoint): remove quantization_config to load the weights as they are, or "
+        "quantize them (LoadModel's quantization, kbitq)"));
   }
   if (w->format == LinearWeight::Format::kDense) {
     const std::string name = prefix + ".weight";
@@ -313,8 +324,16 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
 absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   const std::string dir = options.path;
   std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) {
+  const std::filesystem::file_status status = std::filesystem::status(dir, ec);
+  if (!std::filesystem::exists(status)) {
     return absl::NotFoundError(absl::StrCat("model folder not found: ", dir));
+  }
+  // A path to one of the checkpoint's files (config.json, model.safetensors) is a common slip;
+  // "not found" would send the user looking for a file that is there.
+  if (!std::filesystem::is_directory(status)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, std::filesystem::is_regular_file(status) ? " is a file" : " exists",
+        ", not a folder: give the checkpoint folder (config.json, tokenizer.json, *.safetensors)"));
   }
   KBITD_RETURN_IF_ERROR(CheckFileExists(dir + "/config.json", "config.json"));
   KBITD_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(dir + "/config.json"));
@@ -364,7 +383,11 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
     ctx.quantize = options.quantization;
     if (ctx.quantize->load_in_4bit) compute_dtype = ctx.quantize->bnb_4bit_compute_dtype;
   }
-  const QuantizationConfig* qc = ctx.quantize ? &*ctx.quantize : nullptr;
+  // The modules left unquantized: the request's list on quantize-on-load, the checkpoint's for a
+  // pre-quantized one.
+  const QuantizationConfig* qc = ctx.quantize       ? &*ctx.quantize
+                                 : ctx.prequantized ? &*config.quantization
+                                                    : nullptr;
   ctx.skip_modules = (qc != nullptr && qc->llm_int8_skip_modules.has_value())
                          ? *qc->llm_int8_skip_modules
                          : std::vector<std::string>{"lm_head"};

@@ -48,9 +48,9 @@ struct LoadOptions {
 };
 
 // Errors name the file or tensor at fault: NOT_FOUND for missing files/tensors,
-// INVALID_ARGUMENT for wrong shapes/dtypes or a tokenizer whose vocabulary exceeds the
-// embedding, UNIMPLEMENTED for unsupported architectures/rope scaling/quant types,
-// RESOURCE_EXHAUSTED past max_memory. A failed load frees everything it allocated.
+// INVALID_ARGUMENT for a path that is not a folder, wrong shapes/dtypes or a tokenizer whose
+// vocabulary exceeds the embedding, UNIMPLEMENTED for unsupported architectures/rope scaling/quant
+// types, RESOURCE_EXHAUSTED past max_memory. A failed load frees everything it allocated.
 absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options);
 
 }  // namespace kbitd::runtime

@@ -1,6 +1,7 @@
 // kbitd.v1.InferenceService on gRPC's callback API. Generate validates and tokenizes the request,
 // enqueues it on the model's scheduler and returns; tokens go out through the request's outbox
-// (request.h). Tokenize and Detokenize answer inline. Handlers never block. Thread-safe.
+// (request.h). Tokenize and Detokenize answer inline. Handlers never block. Requests protobuf
+// cannot parse are answered INVALID_ARGUMENT before the handlers (parse_checked.h). Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -9,13 +10,18 @@
 #include "kbitd/v1/inference_service.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/parse_checked.h"
 
 namespace kbitd::server {
 
-class InferenceService final : public v1::InferenceService::CallbackService {
+class InferenceService final : public ParseCheckedService<v1::InferenceService> {
  public:
   InferenceService(ModelRegistry* registry, Metrics* metrics, const v1::LimitsConfig& limits)
-      : registry_(registry), metrics_(metrics), limits_(limits) {}
+      : registry_(registry), metrics_(metrics), limits_(limits) {
+    CheckParsing("Generate", &InferenceService::Generate);
+    CheckParsing("Tokenize", &InferenceService::Tokenize);
+    CheckParsing("Detokenize", &InferenceService::Detokenize);
+  }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;

@@ -10,12 +10,32 @@ namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
 
+// The one TensorDtype mapping of Dequantize and ExportDequantized; nullopt for UNSPECIFIED, whose
+// meaning differs between them. Proto3 enums are open, so a client built from a newer proto can
+// send a value this daemon does not know: refused rather than served as some other dtype.
+absl::StatusOr<std::optional<ScalarType>> ScalarTypeOf(v1::TensorDtype dtype) {
+  switch (dtype) {
+    case v1::TENSOR_DTYPE_UNSPECIFIED:
+      return std::nullopt;
+    case v1::TENSOR_DTYPE_FLOAT32:
+      return ScalarType::kFloat32;
+    case v1::TENSOR_DTYPE_FLOAT16:
+      return ScalarType::kFloat16;
+    case v1::TENSOR_DTYPE_BFLOAT16:
+      return ScalarType::kBFloat16;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("dtype: unknown TensorDtype ", static_cast<int>(dtype)));
+  }
+}
+
 // Streams one dequantized tensor: computed on its own thread, then written chunk by chunk.
 class DequantizeCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk> {
  public:
-  DequantizeCall(std::shared_ptr<ServedModel> model, v1::DequantizeRequest request) {
-    std::thread([this, model = std::move(model), request = std::move(request)] {
-      Compute(*model, request);
+  DequantizeCall(std::shared_ptr<ServedModel> model, v1::DequantizeRequest request,
+                 ScalarType dtype) {
+    std::thread([this, model = std::move(model), request = std::move(request), dtype] {
+      Compute(*model, request, dtype);
     }).detach();
   }
   void OnWriteDone(bool ok) override {
@@ -26,13 +46,10 @@ class DequantizeCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk
   void OnDone() override { delete this; }
 
  private:
-  void Compute(const ServedModel& model, const v1::DequantizeRequest& request) {
-    ScalarType dtype = ScalarType::kFloat32;
-    v1::TensorDtype wire = v1::TENSOR_DTYPE_FLOAT32;
-    if (request.dtype() == v1::TENSOR_DTYPE_FLOAT16)
-      dtype = ScalarType::kFloat16, wire = request.dtype();
-    if (request.dtype() == v1::TENSOR_DTYPE_BFLOAT16)
-      dtype = ScalarType::kBFloat16, wire = request.dtype();
+  void Compute(const ServedModel& model, const v1::DequantizeRequest& request, ScalarType dtype) {
+    const v1::TensorDtype wire = request.dtype() == v1::TENSOR_DTYPE_UNSPECIFIED
+                                     ? v1::TENSOR_DTYPE_FLOAT32
+                                     : request.dtype();
     // Names may be given with or without the ".weight" suffix.
     std::string name = request.tensor();
     if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0) {
@@ -82,12 +99,6 @@ class DequantizeCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk
   v1::DequantizeChunk chunk_;
 };
 
-class FailedCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk> {
- public:
-  explicit FailedCall(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
-  void OnDone() override { delete this; }
-};
-
 }  // namespace
 
 grpc::ServerUnaryReactor* ModelService::LoadModel(grpc::CallbackServerContext* context,
@@ -132,9 +143,12 @@ grpc::ServerUnaryReactor* ModelService::GetModel(grpc::CallbackServerContext* co
 
 grpc::ServerWriteReactor<v1::DequantizeChunk>* ModelService::Dequantize(
     grpc::CallbackServerContext* context, const v1::DequantizeRequest* request) {
+  absl::StatusOr<std::optional<ScalarType>> dtype = ScalarTypeOf(request->dtype());
+  if (!dtype.ok()) return new FailedStream<v1::DequantizeChunk>(dtype.status());
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());
-  if (!model.ok()) return new FailedCall(model.status());
-  return new DequantizeCall(*std::move(model), *request);
+  if (!model.ok()) return new FailedStream<v1::DequantizeChunk>(model.status());
+  // Unspecified: float32.
+  return new DequantizeCall(*std::move(model), *request, dtype->value_or(ScalarType::kFloat32));
 }
 
 grpc::ServerUnaryReactor* ModelService::ExportDequantized(
@@ -142,25 +156,10 @@ grpc::ServerUnaryReactor* ModelService::ExportDequantized(
     v1::ExportDequantizedResponse* response) {
   if (absl::Status auth = auth_->Check(*context); !auth.ok()) return FinishUnary(context, auth);
   // Unspecified: the model's original dtype, as kbitq dequantize writes without --dtype.
-  std::optional<ScalarType> dtype;
-  switch (request->dtype()) {
-    case v1::TENSOR_DTYPE_UNSPECIFIED:
-      break;
-    case v1::TENSOR_DTYPE_FLOAT32:
-      dtype = ScalarType::kFloat32;
-      break;
-    case v1::TENSOR_DTYPE_FLOAT16:
-      dtype = ScalarType::kFloat16;
-      break;
-    case v1::TENSOR_DTYPE_BFLOAT16:
-      dtype = ScalarType::kBFloat16;
-      break;
-    default:
-      return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
-                                      "dtype: unknown TensorDtype ", request->dtype())));
-  }
+  absl::StatusOr<std::optional<ScalarType>> dtype = ScalarTypeOf(request->dtype());
+  if (!dtype.ok()) return FinishUnary(context, dtype.status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  registry_->Export(request->model(), request->output_path(), dtype,
+  registry_->Export(request->model(), request->output_path(), *dtype,
                     [reactor, response, path = request->output_path()](
                         absl::StatusOr<runtime::ConvertSummary> summary) {
                       if (summary.ok()) {

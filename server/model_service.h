@@ -1,18 +1,27 @@
 // kbitd.v1.ModelService on gRPC's callback API. Load, Unload and ExportDequantized hand their work
 // to the registry's threads and finish the call from there; Dequantize runs on its own thread and
 // streams chunks one write at a time. LoadModel, UnloadModel and ExportDequantized check the admin
-// token first. Thread-safe.
+// token first. Requests protobuf cannot parse are answered INVALID_ARGUMENT before the handlers
+// (parse_checked.h). Thread-safe.
 #pragma once
 
 #include "kbitd/v1/model_service.grpc.pb.h"
 #include "server/auth.h"
 #include "server/model_registry.h"
+#include "server/parse_checked.h"
 
 namespace kbitd::server {
 
-class ModelService final : public v1::ModelService::CallbackService {
+class ModelService final : public ParseCheckedService<v1::ModelService> {
  public:
-  ModelService(ModelRegistry* registry, const AdminAuth* auth) : registry_(registry), auth_(auth) {}
+  ModelService(ModelRegistry* registry, const AdminAuth* auth) : registry_(registry), auth_(auth) {
+    CheckParsing("LoadModel", &ModelService::LoadModel);
+    CheckParsing("UnloadModel", &ModelService::UnloadModel);
+    CheckParsing("ListModels", &ModelService::ListModels);
+    CheckParsing("GetModel", &ModelService::GetModel);
+    CheckParsing("Dequantize", &ModelService::Dequantize);
+    CheckParsing("ExportDequantized", &ModelService::ExportDequantized);
+  }
 
   grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
                                       const v1::LoadModelRequest* request,

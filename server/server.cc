@@ -84,6 +84,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
       std::make_unique<ModelService>(server->registry_.get(), server->auth_.get());
   server->inference_service_ =
       std::make_unique<InferenceService>(server->registry_.get(), server->metrics_.get(), limits);
+  KBITD_RETURN_IF_ERROR(server->model_service_->RegistrationStatus());
+  KBITD_RETURN_IF_ERROR(server->inference_service_->RegistrationStatus());
 
   KBITD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                          Credentials(config.tls()));

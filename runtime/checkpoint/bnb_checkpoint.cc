@@ -62,6 +62,12 @@ absl::StatusOr<QuantizedLayout> FindQuantizedModules(const Checkpoint& checkpoin
   return layout;
 }
 
+std::string QuantStateMarker(const std::string& prefix, bool four_bit,
+                             const std::string& quant_type) {
+  return four_bit ? absl::StrCat(prefix, kQuantStateMarker, quant_type)
+                  : absl::StrCat(prefix, kScbSuffix);
+}
+
 absl::StatusOr<quant::QuantState> ReadQuantState(const Checkpoint& checkpoint,
                                                  const QuantizedModule& module) {
   std::vector<quant::NamedTensor> tensors;

@@ -28,6 +28,12 @@ struct QuantizedLayout {
 
 absl::StatusOr<QuantizedLayout> FindQuantizedModules(const Checkpoint& checkpoint);
 
+// The tensor that would mark `prefix` as a quantized module: "<prefix>.weight.quant_state.
+// bitsandbytes__<quant_type>" (4-bit, quant_type "nf4" or "fp4") or "<prefix>.SCB" (LLM.int8),
+// for errors about a module that lacks its state.
+std::string QuantStateMarker(const std::string& prefix, bool four_bit,
+                             const std::string& quant_type);
+
 // Copies the module's tensors out of the checkpoint and parses them with quant::FromStateDict;
 // errors name the checkpoint and the tensor at fault.
 absl::StatusOr<quant::QuantState> ReadQuantState(const Checkpoint& checkpoint,

@@ -1,10 +1,12 @@
 """Model lifecycle RPCs, tokenizer RPCs, health, reflection and bad input through Python grpcio:
 each bad request gets the right status code and the daemon keeps serving."""
 
+import json
+
 import grpc
 import pytest
 
-from conftest import requires_kbitd
+from conftest import requires_kbitd, write_tiny_llama
 from test_generate import generate
 
 pytestmark = requires_kbitd
@@ -169,6 +171,58 @@ def test_bad_model_requests(daemon):
     assert info.state == pb.model.MODEL_STATE_FAILED and info.error
     daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="broken"), metadata=daemon.admin())
     assert generate(daemon, "ok", max_new_tokens=2)[0]
+
+
+def test_load_of_a_file_says_it_is_not_a_folder(daemon):
+    pb = daemon.pb
+    code, details = code_of(lambda: daemon.models.LoadModel(
+        pb.model.LoadModelRequest(name="a-file", path="tiny/config.json"),
+        metadata=daemon.admin(), timeout=60))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "tiny/config.json is a file, not a folder" in details, details
+    info = daemon.models.GetModel(pb.model.GetModelRequest(name="a-file"))
+    assert info.state == pb.model.MODEL_STATE_FAILED and "not a folder" in info.error
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="a-file"), metadata=daemon.admin())
+
+
+def test_load_of_declared_but_missing_quantization_fails(daemon):
+    """config.json says bitsandbytes 4-bit, the weights are plain float32: FAILED, naming the first
+    tensor without its quantization state (transformers refuses it as well)."""
+    pb = daemon.pb
+    folder = daemon.root / "models" / "declared-4bit"
+    write_tiny_llama(folder, seed=4)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                     "bnb_4bit_quant_type": "nf4"}
+    (folder / "config.json").write_text(json.dumps(config))
+    code, details = code_of(lambda: daemon.models.LoadModel(
+        pb.model.LoadModelRequest(name="declared-4bit", path="declared-4bit"),
+        metadata=daemon.admin(), timeout=60))
+    expected = ("tensor model.layers.0.self_attn.q_proj.weight has no bitsandbytes quantization "
+                "state")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and expected in details, details
+    info = daemon.models.GetModel(pb.model.GetModelRequest(name="declared-4bit"))
+    assert info.state == pb.model.MODEL_STATE_FAILED and expected in info.error, info
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="declared-4bit"),
+                              metadata=daemon.admin())
+
+
+def test_unknown_tensor_dtype_is_refused_by_dequantize_and_export(daemon):
+    """Both RPCs map TensorDtype the same way: a value this daemon does not know is refused, not
+    served as float32."""
+    pb = daemon.pb
+    calls = [
+        lambda: list(daemon.models.Dequantize(pb.model.DequantizeRequest(
+            model="tiny", tensor="model.layers.0.mlp.up_proj.weight", dtype=7), timeout=30)),
+        lambda: daemon.models.ExportDequantized(pb.model.ExportDequantizedRequest(
+            model="tiny", output_path="never-written", dtype=7), metadata=daemon.admin(),
+            timeout=30),
+    ]
+    for call in calls:
+        code, details = code_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert "dtype: unknown TensorDtype 7" in details, details
+    assert not (daemon.root / "models" / "never-written").exists()
 
 
 def test_concurrent_load_unload_of_one_name_stays_consistent(daemon):

@@ -118,6 +118,14 @@ TEST(LoaderTest, MissingFilesAreNotFound) {
   ExpectError(LoadStatus(dir), absl::StatusCode::kNotFound, "config.json");
 }
 
+TEST(LoaderTest, FileInsteadOfFolderIsSaidToBeAFile) {
+  std::string dir = CopyModel("llama", "fp32");
+  absl::Status status = LoadStatus(dir + "/config.json");
+  ExpectError(status, absl::StatusCode::kInvalidArgument,
+              dir + "/config.json is a file, not a folder");
+  EXPECT_EQ(std::string(status.message()).find("not found"), std::string::npos) << status;
+}
+
 TEST(LoaderTest, MissingTensorIsNamed) {
   std::string dir = CopyModel("mistral", "fp32");
   auto original = Checkpoint::Open(kModels + "/mistral/fp32");
@@ -151,6 +159,44 @@ TEST(LoaderTest, UnsupportedRopeScalingAndArchitecture) {
   std::string dir2 = CopyModel("mistral", "fp32");
   ReplaceInFile(dir2 + "/config.json", "\"model_type\": \"mistral\"", "\"model_type\": \"gpt2\"");
   ExpectError(LoadStatus(dir2), absl::StatusCode::kUnimplemented, "gpt2");
+}
+
+// transformers refuses such checkpoints; loading them as plain models would serve full-size
+// weights under a config that says they are quantized.
+TEST(LoaderTest, DeclaredQuantizationOverPlainWeightsIsRefused) {
+  const std::pair<std::string, std::string> cases[] = {
+      {R"("load_in_4bit": true, "bnb_4bit_quant_type": "nf4")",
+       "model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4"},
+      {R"("load_in_8bit": true)", "model.layers.0.self_attn.q_proj.SCB"},
+  };
+  for (const auto& [fields, marker] : cases) {
+    SCOPED_TRACE(fields);
+    std::string dir = CopyModel("llama", "fp32");
+    ReplaceInFile(dir + "/config.json", "\"architectures\"",
+                  R"("quantization_config": {"quant_method": "bitsandbytes", )" + fields +
+                      "},\n  \"architectures\"");
+    absl::Status status = LoadStatus(dir);
+    ExpectError(status, absl::StatusCode::kInvalidArgument,
+                "tensor model.layers.0.self_attn.q_proj.weight has no bitsandbytes quantization "
+                "state");
+    ExpectError(status, absl::StatusCode::kInvalidArgument, marker);
+  }
+}
+
+TEST(LoaderTest, QuantizedCheckpointWithOnePlainModuleNamesIt) {
+  std::string dir = CopyModel("mistral", "nf4");
+  auto quantized = Checkpoint::Open(kModels + "/mistral/nf4");
+  auto plain = Checkpoint::Open(kModels + "/mistral/fp32");
+  ASSERT_TRUE(quantized.ok() && plain.ok());
+  const std::string module = "model.layers.1.mlp.down_proj.weight";
+  std::vector<TensorView> tensors;
+  for (const std::string& name : (*quantized)->TensorNames()) {
+    if (name.rfind(module, 0) != 0) tensors.push_back(*(*quantized)->Get(name));
+  }
+  tensors.push_back(*(*plain)->Get(module));
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+  ExpectError(LoadStatus(dir), absl::StatusCode::kInvalidArgument,
+              "tensor " + module + " has no bitsandbytes quantization state");
 }
 
 TEST(LoaderTest, CorruptQuantStateIsNamed) {
