@@ -40,12 +40,14 @@ Engine::~Engine() = default;
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
                                                        const Options& options) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine::Create: model is null");
-  if (options.kv_block_size <= 0 || options.kv_cache_tokens < 0 || options.max_context < 0 ||
+  if (options.kv_block_size <= 0 || options.kv_cache_bytes < 0 || options.kv_cache_tokens < 0 ||
+      options.max_batch_size <= 0 || options.max_context < 0 ||
       options.kernel_timing_interval <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "engine options: kv_block_size (", options.kv_block_size, ") and kernel_timing_interval (",
-        options.kernel_timing_interval, ") must be > 0, kv_cache_tokens (", options.kv_cache_tokens,
-        ") and max_context (", options.max_context, ") >= 0"));
+        "engine options: kv_block_size (", options.kv_block_size, "), max_batch_size (",
+        options.max_batch_size, ") and kernel_timing_interval (", options.kernel_timing_interval,
+        ") must be > 0, kv_cache_bytes (", options.kv_cache_bytes, "), kv_cache_tokens (",
+        options.kv_cache_tokens, ") and max_context (", options.max_context, ") >= 0"));
   }
   const ModelConfig& c = model->config();
   auto impl = std::make_unique<Impl>();
@@ -61,14 +63,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     max_context = options.max_context;
   }
   impl->max_context = static_cast<int32_t>(std::min<int64_t>(max_context, INT32_MAX));
-  int64_t kv_tokens = options.kv_cache_tokens > 0 ? options.kv_cache_tokens
-                                                  : static_cast<int64_t>(impl->max_context) * 8;
   KvCache::Options kv;
   kv.num_layers = c.num_hidden_layers;
   kv.num_kv_heads = c.num_key_value_heads;
   kv.head_dim = c.head_dim;
   kv.block_size = options.kv_block_size;
-  kv.num_blocks = (kv_tokens + options.kv_block_size - 1) / options.kv_block_size;
+  KvCacheBudget budget{.bytes = options.kv_cache_bytes,
+                       .tokens = options.kv_cache_tokens,
+                       .max_context = impl->max_context,
+                       .max_batch_size = options.max_batch_size};
+  KBITD_RETURN_IF_ERROR(SetAvailableMemory(*model->host_pool(), &budget));
+  KBITD_ASSIGN_OR_RETURN(kv.num_blocks, KvCacheBlocks(kv, budget));
   KBITD_ASSIGN_OR_RETURN(impl->cache, KvCache::Create(kv, *model->host_pool(), model->name()));
   impl->backend = std::make_unique<CpuBackend>(options.num_threads);
   impl->forward = std::make_unique<LlamaForward>(*model, *impl->backend);
@@ -81,6 +86,10 @@ int32_t Engine::max_context() const { return impl_->max_context; }
 int32_t Engine::kv_block_size() const { return static_cast<int32_t>(impl_->cache->block_size()); }
 int64_t Engine::kv_blocks_total() const { return impl_->cache->num_blocks(); }
 int64_t Engine::kv_blocks_free() const { return impl_->cache->num_free_blocks(); }
+int64_t Engine::kv_cache_bytes() const { return impl_->cache->bytes(); }
+int64_t Engine::kv_cache_tokens() const {
+  return impl_->cache->num_blocks() * impl_->cache->block_size();
+}
 int64_t Engine::KvBlocksNeeded(int64_t tokens) const { return impl_->cache->BlocksNeeded(tokens); }
 
 absl::Status Engine::AddSequence(uint64_t id, std::vector<int32_t> prompt_tokens,

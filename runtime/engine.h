@@ -32,8 +32,13 @@ struct SampledToken {
 class Engine {
  public:
   struct Options {
-    int32_t kv_block_size = 16;   // tokens per KV block
-    int64_t kv_cache_tokens = 0;  // KV capacity in tokens; 0 = max_context * 8
+    int32_t kv_block_size = 16;  // tokens per KV block
+    // KV cache size, allocated up front; the rule is KvCacheBlocks' (runtime/kv_cache.h): these
+    // bytes when > 0, else these tokens (deprecated) when > 0, else a share of the free memory of
+    // the model's device between one and max_batch_size max_context sequences.
+    int64_t kv_cache_bytes = 0;
+    int64_t kv_cache_tokens = 0;
+    int32_t max_batch_size = 64;  // sequences the scheduler runs at once (limits.max_batch_size)
     int32_t num_threads = 0;      // CPU backend threads; 0 = hardware concurrency
     int32_t max_context = 0;      // tokens per sequence; 0 = config max_position_embeddings
                                   // (capped by sliding_window)
@@ -44,6 +49,8 @@ class Engine {
     KernelObserver* kernel_observer = nullptr;
     int32_t kernel_timing_interval = 16;
   };
+  // RESOURCE_EXHAUSTED (naming the device, bytes needed and available) when the KV cache does not
+  // fit; INVALID_ARGUMENT for bad options or kv_cache_bytes below one max_context sequence.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
                                                         const Options& options);
   ~Engine();
@@ -53,6 +60,8 @@ class Engine {
   int32_t kv_block_size() const;
   int64_t kv_blocks_total() const;
   int64_t kv_blocks_free() const;
+  int64_t kv_cache_bytes() const;   // keys and values, all layers and blocks
+  int64_t kv_cache_tokens() const;  // blocks * block size
   int64_t KvBlocksNeeded(int64_t tokens) const;
 
   // Registers a sequence and reserves KV blocks for its prompt. RESOURCE_EXHAUSTED if the blocks

@@ -1,7 +1,10 @@
 #include "runtime/kv_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "runtime/host_memory.h"
 
 namespace kbitd::runtime {
 
@@ -14,12 +17,16 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& options,
         options.num_layers, ", ", options.num_kv_heads, ", ", options.head_dim, ", ",
         options.block_size, ", ", options.num_blocks, ")"));
   }
-  size_t bytes = static_cast<size_t>(options.num_layers * options.num_blocks * options.block_size *
-                                     options.num_kv_heads * options.head_dim) *
-                 sizeof(float);
+  // Keys and values are one buffer each: half of the blocks' bytes.
+  const size_t bytes = static_cast<size_t>(options.num_blocks * BlockBytes(options) / 2);
   KBITD_ASSIGN_OR_RETURN(Buffer keys, pool.Allocate(bytes, MemoryCategory::kKvCache, owner));
   KBITD_ASSIGN_OR_RETURN(Buffer values, pool.Allocate(bytes, MemoryCategory::kKvCache, owner));
   return std::unique_ptr<KvCache>(new KvCache(options, std::move(keys), std::move(values)));
+}
+
+int64_t KvCache::BlockBytes(const Options& options) {
+  return 2 * options.num_layers * options.block_size * options.num_kv_heads * options.head_dim *
+         static_cast<int64_t>(sizeof(float));
 }
 
 KvCache::KvCache(const Options& options, Buffer keys, Buffer values)
@@ -61,6 +68,74 @@ void KvCache::Free(uint64_t sequence) {
 const std::vector<int32_t>* KvCache::BlockTable(uint64_t sequence) const {
   auto it = tables_.find(sequence);
   return it == tables_.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCacheBudget& budget) {
+  if (shape.num_layers <= 0 || shape.num_kv_heads <= 0 || shape.head_dim <= 0 ||
+      shape.block_size <= 0 || budget.max_context <= 0 || budget.max_batch_size <= 0 ||
+      budget.bytes < 0 || budget.tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache sizing: layers, kv heads, head_dim, block_size, max_context and max_batch_size "
+        "must be positive, bytes and tokens >= 0 (got ",
+        shape.num_layers, ", ", shape.num_kv_heads, ", ", shape.head_dim, ", ", shape.block_size,
+        ", ", budget.max_context, ", ", budget.max_batch_size, ", ", budget.bytes, ", ",
+        budget.tokens, ")"));
+  }
+  const int64_t block_bytes = KvCache::BlockBytes(shape);
+  const int64_t sequence_blocks = (budget.max_context + shape.block_size - 1) / shape.block_size;
+  int64_t blocks = 0;
+  std::string what;
+  if (budget.bytes > 0) {
+    blocks = budget.bytes / block_bytes;
+    if (blocks < sequence_blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("kv_cache_bytes ", budget.bytes, " holds ", blocks * shape.block_size,
+                       " tokens, less than one max_context sequence of ", budget.max_context,
+                       " tokens (", sequence_blocks * block_bytes, " bytes)"));
+    }
+    what = absl::StrCat("kv_cache_bytes ", budget.bytes);
+  } else if (budget.tokens > 0) {
+    blocks = (budget.tokens + shape.block_size - 1) / shape.block_size;
+    what = absl::StrCat("kv_cache_tokens ", budget.tokens);
+  } else {
+    const auto share =
+        static_cast<int64_t>(kDefaultKvCacheFraction * static_cast<double>(budget.available_bytes));
+    blocks =
+        std::clamp(share / block_bytes, sequence_blocks, budget.max_batch_size * sequence_blocks);
+    what = blocks == sequence_blocks
+               ? absl::StrCat("the smallest KV cache, one max_context sequence of ",
+                              budget.max_context, " tokens,")
+               : std::string("the default KV cache");
+  }
+  const int64_t needed = blocks * block_bytes;
+  if (needed > budget.available_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(budget.device, ": ", what, " needs ", needed, " bytes (",
+                     blocks * shape.block_size, " tokens) but only ", budget.available_bytes,
+                     " bytes are available (", budget.available_source, ")"));
+  }
+  return blocks;
+}
+
+absl::Status SetAvailableMemory(const MemoryPool& pool, KvCacheBudget* budget) {
+  budget->device = pool.device().ToString();
+  if (!pool.device().is_cpu()) {
+    return absl::UnimplementedError(absl::StrCat("sizing a KV cache on ", budget->device,
+                                                 ": only the host's free memory can be read"));
+  }
+  KBITD_ASSIGN_OR_RETURN(HostMemory host, ReadHostMemory());
+  budget->available_bytes = host.available_bytes;
+  budget->available_source = host.source;
+  if (pool.max_bytes() > 0) {
+    const int64_t used = pool.used_bytes();
+    const int64_t left = std::max<int64_t>(0, pool.max_bytes() - used);
+    if (left < budget->available_bytes) {
+      budget->available_bytes = left;
+      budget->available_source =
+          absl::StrCat("max_memory ", pool.max_bytes(), " minus ", used, " bytes in use");
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kbitd::runtime

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -27,9 +28,12 @@ class KvCache {
   // Allocates all blocks up front from `pool` (category kv_cache, owner `owner`).
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const Options& options, MemoryPool& pool,
                                                          const std::string& owner);
+  // Bytes of one block: keys and values of `block_size` tokens in every layer.
+  static int64_t BlockBytes(const Options& options);
 
   int64_t block_size() const { return options_.block_size; }
   int64_t num_blocks() const { return options_.num_blocks; }
+  int64_t bytes() const { return options_.num_blocks * BlockBytes(options_); }
   int64_t num_free_blocks() const { return static_cast<int64_t>(free_.size()); }
   int64_t BlocksNeeded(int64_t tokens) const {
     return (tokens + options_.block_size - 1) / options_.block_size;
@@ -68,5 +72,41 @@ class KvCache {
   std::vector<int32_t> free_;  // LIFO free list of physical blocks
   std::unordered_map<uint64_t, std::vector<int32_t>> tables_;
 };
+
+// What one engine's KV cache may take, and from what.
+struct KvCacheBudget {
+  int64_t bytes = 0;   // explicit size (LoadModelRequest.kv_cache_bytes); 0 = none
+  int64_t tokens = 0;  // explicit size in tokens (the deprecated Config.kv_cache_tokens); 0 = none
+  int64_t max_context = 0;       // tokens of one sequence
+  int64_t max_batch_size = 1;    // sequences that run at once
+  std::string device;            // "cpu", for messages
+  int64_t available_bytes = 0;   // what the device can still give
+  std::string available_source;  // where that figure comes from, for messages
+};
+
+// Share of the device's available memory the default KV cache takes. Not most of it, as vLLM's
+// gpu_memory_utilization does for its one model per GPU: kbitd serves several models from one
+// host, each taking a share of what the ones before left, so the caches never add up to more than
+// was free. An eighth gives a 135M model with an 8192-token context on a 24 GB host about the
+// 3 GB the old 8 x max_context default gave it, while nine such models now leave ~4 GB free
+// where they used to exhaust the host.
+inline constexpr double kDefaultKvCacheFraction = 0.125;
+
+// The number of blocks of `shape` (num_blocks ignored) a KV cache gets:
+//  - budget.bytes > 0: the whole blocks that fit in it; INVALID_ARGUMENT when they hold less than
+//    one max_context sequence, since the model's advertised context could then never be reached;
+//  - else budget.tokens > 0: that many tokens rounded up to whole blocks, as kv_cache_tokens
+//    always meant (no minimum: configs that relied on a small cache keep working);
+//  - else the default: kDefaultKvCacheFraction of available_bytes, at most max_batch_size
+//    sequences of max_context tokens (more than the scheduler ever runs at once) and at least one
+//    such sequence (less could not serve one full-context request).
+// RESOURCE_EXHAUSTED naming the device, the bytes needed and the bytes available when the cache
+// does not fit in available_bytes.
+absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCacheBudget& budget);
+
+// Sets budget->device and the available bytes of `pool`'s device: the host's available memory
+// (runtime/host_memory.h), cut to what is left of the pool's max_memory when it has one.
+// UNIMPLEMENTED for a pool on another device (only the host's free memory can be read so far).
+absl::Status SetAvailableMemory(const MemoryPool& pool, KvCacheBudget* budget);
 
 }  // namespace kbitd::runtime

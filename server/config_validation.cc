@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "runtime/placement.h"
 #include "server/config.h"
 
 namespace kbitd::server {
@@ -209,6 +210,12 @@ absl::Status FinalizeConfig(v1::Config* config,
         dtype != "float16") {
       return check.Fail(path + ".dtype",
                         absl::StrCat("'", dtype, "' is not float32, bfloat16, float16 or auto"));
+    }
+    if (!model.kv_cache_bytes().empty()) {
+      if (absl::StatusOr<int64_t> bytes = runtime::ParseMemorySize(model.kv_cache_bytes());
+          !bytes.ok()) {
+        return check.Fail(path + ".kv_cache_bytes", std::string(bytes.status().message()));
+      }
     }
   }
   return absl::OkStatus();

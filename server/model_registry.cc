@@ -49,6 +49,8 @@ void DescribeModel(const runtime::Model& model, const runtime::Engine& engine,
   info->set_max_context_tokens(engine.max_context());
   info->set_vocab_size(static_cast<int32_t>(model.config().vocab_size));
   info->set_dtype(std::string(TorchDtypeName(model.compute_dtype())));
+  info->set_kv_cache_bytes(engine.kv_cache_bytes());
+  info->set_kv_cache_tokens(engine.kv_cache_tokens());
   info->clear_memory();
   for (const runtime::DeviceMemoryUsage& usage : model.memory_usage()) {
     v1::DeviceMemory& memory = *info->add_memory();
@@ -123,6 +125,16 @@ absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& r
   }
   options.require_tokenizer = true;
   return options;
+}
+
+absl::StatusOr<runtime::Engine::Options> ToEngineOptions(const v1::LoadModelRequest& request,
+                                                         runtime::Engine::Options daemon) {
+  if (!request.kv_cache_bytes().empty()) {
+    absl::StatusOr<int64_t> bytes = runtime::ParseMemorySize(request.kv_cache_bytes());
+    if (!bytes.ok()) return WithField("kv_cache_bytes", bytes.status());
+    daemon.kv_cache_bytes = *bytes;
+  }
+  return daemon;
 }
 
 ModelRegistry::ModelRegistry(Options options) : options_(std::move(options)) {}
@@ -201,6 +213,10 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
   const absl::Time start = options_.clock->Now();
   auto served = [&]() -> absl::StatusOr<std::shared_ptr<ServedModel>> {
     KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
+    // Parsed before the weights are read, so a typo fails at once; sized after, from what the
+    // weights left free.
+    KBITD_ASSIGN_OR_RETURN(runtime::Engine::Options engine_options,
+                           ToEngineOptions(request, options_.engine));
     load.observer = options_.metrics;
     KBITD_ASSIGN_OR_RETURN(std::shared_ptr<runtime::Model> model, runtime::LoadModel(load));
     std::shared_ptr<const runtime::Tokenizer> tokenizer;
@@ -209,7 +225,6 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     } else {
       KBITD_ASSIGN_OR_RETURN(tokenizer, runtime::Tokenizer::FromFile(path + "/tokenizer.json"));
     }
-    runtime::Engine::Options engine_options = options_.engine;
     if (options_.metrics) {
       engine_options.kernel_observer = options_.metrics->KernelObserverFor(request.name());
     }

@@ -129,4 +129,9 @@ class ModelRegistry {
 absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& request,
                                                    const std::string& resolved_path);
 
+// The daemon's engine options with the request's own: kv_cache_bytes, which wins over the
+// daemon's kv_cache_tokens (INVALID_ARGUMENT naming the field when it is not a memory size).
+absl::StatusOr<runtime::Engine::Options> ToEngineOptions(const v1::LoadModelRequest& request,
+                                                         runtime::Engine::Options daemon);
+
 }  // namespace kbitd::server

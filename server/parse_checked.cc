@@ -6,7 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/support/proto_buffer_reader.h"
-#include "runtime/utf8.h"
+#include "common/utf8.h"
 
 namespace kbitd::server {
 namespace {
@@ -45,7 +45,7 @@ absl::Status FindBadField(const Descriptor& type, std::string_view bytes, const 
     if (descriptor->is_repeated()) absl::StrAppend(&name, "[", index, "]");
     const std::string& value = field.length_delimited();
     if (descriptor->type() == FieldDescriptor::TYPE_STRING) {
-      if (std::optional<size_t> at = runtime::FindInvalidUtf8(value)) {
+      if (std::optional<size_t> at = FindInvalidUtf8(value)) {
         return absl::InvalidArgumentError(
             absl::StrFormat("field %s is not valid UTF-8 (byte 0x%02x at offset %d)", name,
                             static_cast<unsigned char>(value[*at]), *at));

@@ -65,6 +65,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
   ModelRegistry::Options options{.root = root};
   options.unload_grace = absl::Seconds(config.unload_grace_seconds());
   options.engine.kv_cache_tokens = config.kv_cache_tokens();
+  if (config.kv_cache_tokens() > 0) {
+    // Still honoured, since configs carry it; a token count costs a different number of bytes for
+    // every model, which is what let a host run out of memory, so point at the byte size.
+    KBITD_LOG(Warning) << "kv_cache_tokens is deprecated: each model without kv_cache_bytes gets "
+                       << config.kv_cache_tokens()
+                       << " tokens of KV cache; set models[].kv_cache_bytes (\"2GiB\") instead, "
+                          "or neither for a default sized from the free memory";
+  }
+  options.engine.max_batch_size = limits.max_batch_size();
   options.engine.num_threads = config.num_threads();
   if (config.kernel_timing_interval_steps() > 0) {
     options.engine.kernel_timing_interval = config.kernel_timing_interval_steps();
@@ -115,6 +124,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
     *request.mutable_quantization() = model.quantization();
     *request.mutable_placement() = model.placement();
     request.set_dtype(model.dtype());
+    request.set_kv_cache_bytes(model.kv_cache_bytes());
     server->registry_->Load(request, [self](absl::StatusOr<v1::ModelInfo> info) {
       if (!info.ok()) {
         KBITD_LOG(Error) << "preloading: " << info.status();

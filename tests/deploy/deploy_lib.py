@@ -36,12 +36,11 @@ VALUE_SETS = {
         "modelRoot": {"type": "pvc", "existingClaim": "llm-models", "readOnly": True},
         "config": {
             "models": [
-                {"name": "llama-nf4", "path": "llama",
+                {"name": "llama-nf4", "path": "llama", "kv_cache_bytes": "8GiB",
                  "quantization": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}},
                 {"name": "llama-int8", "path": "llama", "quantization": {"load_in_8bit": True},
                  "placement": {"device_map": "auto", "max_memory": {"0": "20GiB", "cpu": "8GiB"}}},
             ],
-            "kv_cache_tokens": 65536,
         },
     },
     "cpu-only-emptydir": {

@@ -180,6 +180,8 @@ def test_deployment_contract(rendered):
     ({"replicas": 2}, "additional properties 'replicas' not allowed"),
     ({"modelRoot": {"type": "nfs"}}, "at '/modelRoot/type': value must be one of"),
     ({"config": {"models": [{"name": "a b", "path": "x"}]}}, "at '/config/models/0/name'"),
+    ({"config": {"models": [{"name": "a", "path": "x", "kv_cache_bytes": "2 GiB"}]}},
+     "at '/config/models/0/kv_cache_bytes'"),
     ({"terminationMarginSeconds": 0}, "at '/terminationMarginSeconds'"),
 ])
 def test_chart_refuses_bad_values(values, message):

@@ -11,6 +11,9 @@ from test_generate import generate
 
 pytestmark = requires_kbitd
 
+# KV cache bytes per token of conftest's tiny llama: keys and values x 2 layers x 2 kv heads x 16.
+TINY_KV_TOKEN_BYTES = 2 * 2 * 2 * 16 * 4
+
 
 def code_of(fn):
     with pytest.raises(grpc.RpcError) as e:
@@ -30,6 +33,43 @@ def test_list_and_get_model(daemon):
     assert info.max_context_tokens == 4096
     assert info.load_seconds > 0
     assert any(m.device == "cpu" and m.weight_bytes > 0 for m in info.memory)
+    # The default KV cache: whole blocks of 16, from one to limits.max_batch_size (64) sequences
+    # of the 4096-token context, and what the cpu pool holds for it.
+    assert 4096 <= info.kv_cache_tokens <= 64 * 4096 and info.kv_cache_tokens % 16 == 0
+    assert info.kv_cache_bytes == info.kv_cache_tokens * TINY_KV_TOKEN_BYTES
+    assert sum(m.kv_cache_bytes for m in info.memory if m.device == "cpu") == info.kv_cache_bytes
+
+
+def test_load_with_kv_cache_bytes_reports_the_cache(daemon):
+    pb = daemon.pb
+    info = daemon.models.LoadModel(pb.model.LoadModelRequest(name="tiny-kv", path="tiny",
+                                                             kv_cache_bytes="4MiB"),
+                                   metadata=daemon.admin(), timeout=60)
+    assert info.state == pb.model.MODEL_STATE_READY
+    assert info.kv_cache_bytes == 4 << 20
+    assert info.kv_cache_tokens == (4 << 20) // TINY_KV_TOKEN_BYTES == 8192
+    assert [m.kv_cache_bytes for m in info.memory if m.device == "cpu"] == [4 << 20]
+    got = daemon.models.GetModel(pb.model.GetModelRequest(name="tiny-kv"))
+    assert (got.kv_cache_bytes, got.kv_cache_tokens) == (4 << 20, 8192)
+    listed = {m.name: m for m in daemon.models.ListModels(pb.model.ListModelsRequest()).models}
+    assert listed["tiny-kv"].kv_cache_tokens == 8192
+    assert generate(daemon, "def f():", max_new_tokens=3, model="tiny-kv")[0]
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="tiny-kv"), metadata=daemon.admin())
+
+
+@pytest.mark.parametrize("size, message", [
+    ("2 GiB", 'kv_cache_bytes: memory size "2 GiB" is not a byte count'),
+    # 1 MiB holds 2048 tokens, less than the 4096-token context.
+    ("1MiB", "holds 2048 tokens, less than one max_context sequence of 4096 tokens"),
+])
+def test_bad_kv_cache_bytes_are_invalid_argument(daemon, size, message):
+    pb = daemon.pb
+    got, details = code_of(lambda: daemon.models.LoadModel(
+        pb.model.LoadModelRequest(name="tiny-badkv", path="tiny", kv_cache_bytes=size),
+        metadata=daemon.admin(), timeout=60))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and message in details, details
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="tiny-badkv"),
+                              metadata=daemon.admin())
 
 
 def test_load_4bit_and_dequantize(daemon):

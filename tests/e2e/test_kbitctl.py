@@ -30,6 +30,7 @@ def test_list_get_and_health(daemon):
     assert "tiny" in {m["name"] for m in models}
     info = json.loads(kbitctl(daemon, "get", "tiny").stdout)
     assert info["state"] == "MODEL_STATE_READY" and int(info["parameter_count"]) > 0
+    assert int(info["kv_cache_bytes"]) > 0 and int(info["kv_cache_tokens"]) >= 4096
     assert "SERVING" in kbitctl(daemon, "health", "tiny").stdout
     missing = kbitctl(daemon, "get", "nope", check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
@@ -85,5 +86,10 @@ def test_load_with_quantization_flags_dequantize_and_unload(daemon, tmp_path):
     text = json.dumps(info)
     assert "4.5" in text and "q_proj" in text
     kbitctl(daemon, "unload", "cli-int8", admin=True)
+
+    info = json.loads(kbitctl(daemon, "load", "cli-kv", "tiny", "--kv_cache_bytes=4MiB",
+                              admin=True).stdout)
+    assert (info["kv_cache_bytes"], info["kv_cache_tokens"]) == (str(4 << 20), "8192")
+    kbitctl(daemon, "unload", "cli-kv", admin=True)
     denied = kbitctl(daemon, "load", "x", "tiny", check=False)
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr

@@ -212,6 +212,71 @@ def test_load_failing_half_way_frees_what_it_took(daemon, pb):
     daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="halfway"), metadata=daemon.admin())
 
 
+def memory_series(d, but):
+    """The kbitd_memory_bytes series of every model but `but`: {labels: value}."""
+    series = {}
+    for line in scrape(d).decode().splitlines():
+        if line.startswith("kbitd_memory_bytes{") and f'model="{but}"' not in line:
+            labels, value = line.rsplit(" ", 1)
+            series[labels] = float(value)
+    return series
+
+
+@pytest.mark.parametrize("fields, wanted", [
+    # An explicit size no host has free.
+    (lambda pb: {"kv_cache_bytes": "1000TiB"}, "cpu: kv_cache_bytes 1099511627776000 needs"),
+    # The default, when max_memory leaves less than one 4096-token sequence (2 MiB) after the
+    # tiny model's ~4.5 MB of weights.
+    (lambda pb: {"placement": pb.quant.PlacementConfig(max_memory={"cpu": "5MiB"})},
+     "cpu: the smallest KV cache, one max_context sequence of 4096 tokens, needs 2097152 bytes"),
+], ids=["explicit", "default"])
+def test_kv_cache_that_does_not_fit_fails_the_load_and_frees_everything(daemon, pb, fields,
+                                                                        wanted):
+    before = memory_series(daemon, but="too-big")
+    request = pb.model.LoadModelRequest(name="too-big", path="tiny2", **fields(pb))
+    with pytest.raises(grpc.RpcError) as error:
+        daemon.models.LoadModel(request, metadata=daemon.admin(), timeout=60)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert wanted in error.value.details() and "bytes are available" in error.value.details()
+    info = daemon.models.GetModel(pb.model.GetModelRequest(name="too-big"), timeout=10)
+    assert info.state == pb.model.MODEL_STATE_FAILED and "bytes are available" in info.error
+    assert sum(m.weight_bytes + m.kv_cache_bytes + m.workspace_bytes for m in info.memory) == 0
+    # The weights it loaded are freed and no other model's memory moved.
+    assert memory_bytes(daemon, "too-big") == 0
+    assert memory_series(daemon, but="too-big") == before
+    daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="too-big"), metadata=daemon.admin())
+    with pytest.raises(grpc.RpcError) as error:
+        daemon.models.GetModel(pb.model.GetModelRequest(name="too-big"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert generate(daemon, "ok", max_new_tokens=2)[0]
+
+
+def test_default_kv_cache_stops_at_max_batch_size_sequences(model_root, pb):
+    d = Daemon(model_root, pb, yaml_extra="limits:\n  max_batch_size: 2\n")
+    try:
+        # Two 4096-token sequences (4 MiB), far below an eighth of any test host's free memory.
+        assert d.wait_ready("tiny").kv_cache_tokens == 2 * 4096
+    finally:
+        assert d.stop() == 0
+
+
+def test_deprecated_kv_cache_tokens_is_honoured_with_a_warning(model_root, pb):
+    """kv_cache_tokens still sizes the models without kv_cache_bytes; kv_cache_bytes wins."""
+    d = Daemon(model_root, pb, models=(), yaml_extra=(
+        "kv_cache_tokens: 1000\nmodels:\n  - {name: tiny, path: tiny}\n"
+        "  - {name: tiny2, path: tiny2, kv_cache_bytes: 4MiB}\n"))
+    try:
+        tiny, tiny2 = d.wait_ready("tiny"), d.wait_ready("tiny2")
+        assert tiny.kv_cache_tokens == 1008  # whole blocks of 16
+        assert tiny2.kv_cache_tokens == 8192 and tiny2.kv_cache_bytes == 4 << 20
+        deadline = time.time() + 10  # stderr is read by a thread
+        while not any("kv_cache_tokens is deprecated" in line for line in d.stderr_lines):
+            assert time.time() < deadline, d.stderr_lines
+            time.sleep(0.05)
+    finally:
+        assert d.stop() == 0
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--tls_cert_file=/nonexistent/cert.pem", "--tls_key_file=/nonexistent/key.pem"],
      "tls.cert_file: cannot open /nonexistent/cert.pem"),

@@ -4,6 +4,8 @@
 
 #include <map>
 
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/loader.h"
 
@@ -175,6 +177,87 @@ TEST(EngineTest, BadRequestsGiveClearErrors) {
   too_long.max_context = 100000;
   expect(Engine::Create(model, too_long).status(), absl::StatusCode::kInvalidArgument,
          "max_context");
+}
+
+// qwen2/nf4-dq: 2 layers, 2 kv heads of 16, max_position_embeddings 256: 512 bytes a token, so
+// one max_context sequence is 128 KiB.
+constexpr int64_t kNf4TokenBytes = 512;
+constexpr int64_t kNf4SequenceBytes = 256 * kNf4TokenBytes;
+
+// The nf4 model in a pool whose max_memory leaves `spare` bytes beyond its weights.
+std::shared_ptr<Model> LoadNf4WithSpare(int64_t spare) {
+  const int64_t weights = LoadNf4()->weight_bytes();
+  LoadOptions options;
+  options.path = kModels + "/qwen2/nf4-dq";
+  options.placement.max_memory["cpu"] = weights + spare;
+  auto model = LoadModel(options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return *model;
+}
+
+TEST(EngineKvSizingTest, ExplicitBytesSizeTheCacheAndAreAllocated) {
+  auto model = LoadNf4();
+  Engine::Options options;
+  options.kv_cache_bytes = 3 * kNf4SequenceBytes + 1000;  // the 1000 is less than a block
+  options.kv_cache_tokens = 16;                           // loses to the bytes
+  auto engine = Engine::Create(model, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->kv_cache_bytes(), 3 * kNf4SequenceBytes);
+  EXPECT_EQ((*engine)->kv_cache_tokens(), 3 * 256);
+  EXPECT_EQ((*engine)->kv_blocks_total(), 3 * 256 / 16);
+  EXPECT_EQ(model->host_pool()->owner_bytes(model->name(), MemoryCategory::kKvCache),
+            3 * kNf4SequenceBytes);
+}
+
+TEST(EngineKvSizingTest, DefaultIsAnEighthOfWhatMaxMemoryLeaves) {
+  auto model = LoadNf4WithSpare(2 << 20);
+  auto engine = Engine::Create(model, Engine::Options{});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->kv_cache_bytes(), (2 << 20) / 8);
+  EXPECT_EQ((*engine)->kv_cache_tokens(), (2 << 20) / 8 / kNf4TokenBytes);
+}
+
+TEST(EngineKvSizingTest, DefaultStopsAtMaxBatchSizeSequences) {
+  auto model = LoadNf4WithSpare(64 << 20);
+  Engine::Options options;
+  options.max_batch_size = 2;
+  auto engine = Engine::Create(model, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->kv_cache_tokens(), 2 * 256);
+}
+
+TEST(EngineKvSizingTest, DefaultIsOneSequenceWhenAnEighthIsLess) {
+  auto model = LoadNf4WithSpare(kNf4SequenceBytes + 4096);
+  auto engine = Engine::Create(model, Engine::Options{});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->kv_cache_tokens(), 256);
+}
+
+TEST(EngineKvSizingTest, ACacheThatDoesNotFitIsRefusedAndAllocatesNothing) {
+  auto model = LoadNf4WithSpare(kNf4SequenceBytes - 1);
+  auto refused = Engine::Create(model, Engine::Options{});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(refused.status().message(),
+              ::testing::HasSubstr(absl::StrCat("cpu: the smallest KV cache, one max_context "
+                                                "sequence of 256 tokens, needs ",
+                                                kNf4SequenceBytes, " bytes (256 tokens) but only ",
+                                                kNf4SequenceBytes - 1, " bytes are available")));
+  Engine::Options explicit_bytes;
+  explicit_bytes.kv_cache_bytes = 2 * kNf4SequenceBytes;
+  refused = Engine::Create(model, explicit_bytes);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("max_memory"));
+  EXPECT_EQ(model->host_pool()->bytes(MemoryCategory::kKvCache), 0);
+}
+
+TEST(EngineKvSizingTest, ExplicitBytesBelowOneSequenceAreInvalid) {
+  Engine::Options options;
+  options.kv_cache_bytes = kNf4SequenceBytes - 1;
+  auto engine = Engine::Create(LoadNf4(), options);
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument) << engine.status();
+  // A shorter max_context needs less.
+  options.max_context = 128;
+  EXPECT_TRUE(Engine::Create(LoadNf4(), options).ok());
 }
 
 }  // namespace

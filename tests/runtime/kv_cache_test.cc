@@ -1,7 +1,9 @@
 #include "runtime/kv_cache.h"
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/cpu/thread_pool.h"
+#include "runtime/host_memory.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -68,6 +70,140 @@ TEST(KvCacheTest, BlockTablesGrowAndFreeListRecycles) {
   EXPECT_EQ(cache->num_free_blocks(), 2);
   ASSERT_TRUE(cache->Reserve(9, 8).ok());
   EXPECT_EQ(cache->num_free_blocks(), 0);
+}
+
+// 2 layers x 4 tokens x 2 kv heads x 4 floats, keys and values: 512 bytes a block; a max_context
+// of 8 tokens is 2 blocks (1024 bytes).
+constexpr KvCache::Options kShape{
+    .num_layers = 2, .num_kv_heads = 2, .head_dim = 4, .block_size = 4};
+constexpr int64_t kBlockBytes = 512;
+
+KvCacheBudget Budget(int64_t available) {
+  return KvCacheBudget{.max_context = 8,
+                       .max_batch_size = 64,
+                       .device = "cpu",
+                       .available_bytes = available,
+                       .available_source = "test budget"};
+}
+
+TEST(KvCacheSizingTest, BlockBytesCountKeysAndValuesOfEveryLayer) {
+  EXPECT_EQ(KvCache::BlockBytes(kShape), kBlockBytes);
+}
+
+TEST(KvCacheSizingTest, ExplicitBytesGiveTheWholeBlocksThatFit) {
+  KvCacheBudget budget = Budget(1 << 20);
+  budget.bytes = 9 * kBlockBytes + 100;
+  budget.tokens = 4;  // the deprecated token count loses to bytes
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 9);
+  budget.bytes = 2 * kBlockBytes;  // exactly one max_context sequence
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 2);
+}
+
+TEST(KvCacheSizingTest, ExplicitBytesBelowOneSequenceAreRefused) {
+  KvCacheBudget budget = Budget(1 << 20);
+  budget.bytes = 2 * kBlockBytes - 1;
+  absl::StatusOr<int64_t> blocks = KvCacheBlocks(kShape, budget);
+  EXPECT_EQ(blocks.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(blocks.status().message(),
+              ::testing::HasSubstr("holds 4 tokens, less than one max_context sequence of 8 "
+                                   "tokens (1024 bytes)"));
+}
+
+TEST(KvCacheSizingTest, ExplicitBytesPastTheAvailableMemoryAreResourceExhausted) {
+  KvCacheBudget budget = Budget(4000);
+  budget.bytes = 9 * kBlockBytes;
+  absl::StatusOr<int64_t> blocks = KvCacheBlocks(kShape, budget);
+  EXPECT_EQ(blocks.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(blocks.status().message(),
+              ::testing::HasSubstr("cpu: kv_cache_bytes 4608 needs 4608 bytes (36 tokens) but only "
+                                   "4000 bytes are available (test budget)"));
+  budget.available_bytes = 9 * kBlockBytes;  // exactly what it needs
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 9);
+}
+
+TEST(KvCacheSizingTest, DeprecatedTokensRoundUpToBlocksWithoutAMinimum) {
+  KvCacheBudget budget = Budget(1 << 20);
+  budget.tokens = 5;
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 2);
+  budget.tokens = 3;  // less than one sequence: honoured as before
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 1);
+  budget.tokens = 4096;  // 512 KiB of the 1 MiB: fits
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 1024);
+  budget.tokens = 1 << 20;  // 128 MiB: does not
+  EXPECT_EQ(KvCacheBlocks(kShape, budget).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(KvCacheSizingTest, DefaultTakesAnEighthOfTheAvailableMemory) {
+  EXPECT_EQ(*KvCacheBlocks(kShape, Budget(40 * kBlockBytes)), 5);
+  EXPECT_EQ(*KvCacheBlocks(kShape, Budget(47 * kBlockBytes)), 5);  // whole blocks, rounded down
+}
+
+TEST(KvCacheSizingTest, DefaultStopsAtMaxBatchSizeSequences) {
+  KvCacheBudget budget = Budget(int64_t{1} << 40);
+  budget.max_batch_size = 3;
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 6);
+  budget.max_context = 7;  // a partial last block still counts whole
+  EXPECT_EQ(*KvCacheBlocks(kShape, budget), 6);
+}
+
+TEST(KvCacheSizingTest, DefaultIsNeverBelowOneSequence) {
+  // An eighth is 1 block; one max_context sequence is 2 and still fits.
+  EXPECT_EQ(*KvCacheBlocks(kShape, Budget(8 * kBlockBytes)), 2);
+  EXPECT_EQ(*KvCacheBlocks(kShape, Budget(2 * kBlockBytes)), 2);
+}
+
+TEST(KvCacheSizingTest, DefaultIsRefusedWhenOneSequenceDoesNotFit) {
+  absl::StatusOr<int64_t> blocks = KvCacheBlocks(kShape, Budget(2 * kBlockBytes - 1));
+  EXPECT_EQ(blocks.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(blocks.status().message(),
+              ::testing::HasSubstr("cpu: the smallest KV cache, one max_context sequence of 8 "
+                                   "tokens, needs 1024 bytes (8 tokens) but only 1023 bytes are "
+                                   "available (test budget)"));
+}
+
+TEST(KvCacheSizingTest, BadShapesAndBudgetsAreInvalid) {
+  KvCacheBudget budget = Budget(1 << 20);
+  budget.max_batch_size = 0;
+  EXPECT_EQ(KvCacheBlocks(kShape, budget).status().code(), absl::StatusCode::kInvalidArgument);
+  budget = Budget(1 << 20);
+  budget.bytes = -1;
+  EXPECT_EQ(KvCacheBlocks(kShape, budget).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(KvCacheSizingTest, AvailableMemoryIsTheHostsCutToWhatMaxMemoryLeaves) {
+  MemoryPool::Options options;
+  options.max_bytes = 1 << 20;
+  auto pool = *MemoryPool::Create(std::move(options));
+  auto held = pool->Allocate(1000, MemoryCategory::kWeights, "m");
+  ASSERT_TRUE(held.ok());
+  KvCacheBudget budget;
+  ASSERT_TRUE(SetAvailableMemory(*pool, &budget).ok());
+  EXPECT_EQ(budget.device, "cpu");
+  EXPECT_EQ(budget.available_bytes, (1 << 20) - 1000);
+  EXPECT_EQ(budget.available_source, "max_memory 1048576 minus 1000 bytes in use");
+
+  // No max_memory: what the host has free, which is more than this test holds.
+  auto unlimited = *MemoryPool::Create({});
+  ASSERT_TRUE(SetAvailableMemory(*unlimited, &budget).ok());
+  absl::StatusOr<HostMemory> host = ReadHostMemory();
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_EQ(budget.available_source, host->source);
+  EXPECT_GT(budget.available_bytes, 1 << 20);
+}
+
+class NullAllocator : public DeviceAllocator {
+ public:
+  absl::StatusOr<void*> Allocate(size_t) override { return nullptr; }
+  void Free(void*, size_t) override {}
+};
+
+TEST(KvCacheSizingTest, AvailableMemoryOfAnotherDeviceIsUnimplemented) {
+  MemoryPool::Options options;
+  options.device = Device::Cuda(0);
+  options.allocator = std::make_unique<NullAllocator>();
+  auto pool = *MemoryPool::Create(std::move(options));
+  KvCacheBudget budget;
+  EXPECT_EQ(SetAvailableMemory(*pool, &budget).code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -85,6 +86,16 @@ TEST(ConfigTest, WrongTypesAndRangesNameTheLine) {
   EXPECT_THAT(bad_dtype.status().message(), HasSubstr("kbitd.yaml:5:10: models[0].dtype"));
   EXPECT_THAT(bad_dtype.status().message(), HasSubstr("'float8' is not float32"));
   EXPECT_TRUE(Parse("model_root: /m\nmodels:\n- name: a\n  path: a\n  dtype: float32\n").ok());
+
+  auto bad_kv = Parse("model_root: /m\nmodels:\n- name: a\n  path: a\n  kv_cache_bytes: 2 GiB\n");
+  EXPECT_THAT(bad_kv.status().message(), HasSubstr("kbitd.yaml:5:19: models[0].kv_cache_bytes"));
+  EXPECT_THAT(bad_kv.status().message(), HasSubstr("\"2 GiB\" is not a byte count"));
+  for (const char* size : {"2GiB", "512MB", "1073741824"}) {
+    auto kv = Parse(absl::StrCat(
+        "model_root: /m\nmodels:\n- name: a\n  path: a\n  kv_cache_bytes: ", size, "\n"));
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    EXPECT_EQ(kv->models(0).kv_cache_bytes(), size);
+  }
 
   auto bad_address = Parse("model_root: /m\nlisten_address: nowhere\n");
   EXPECT_THAT(bad_address.status().message(), HasSubstr("kbitd.yaml:2:17: listen_address"));
