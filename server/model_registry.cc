@@ -174,6 +174,7 @@ void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
   }
   absl::StatusOr<std::string> path = options_.root.Resolve(request.path());
   if (!path.ok()) return done(path.status());
+  std::shared_ptr<ModelMetrics> metrics;
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(request.name());
@@ -189,15 +190,19 @@ void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
     entry.info.set_state(v1::MODEL_STATE_LOADING);
     *entry.info.mutable_quantization() = request.quantization();
     *entry.info.mutable_placement() = request.placement();
+    // Series are created here, for a name an admin loads, and never on the request paths.
+    if (options_.metrics) metrics = entry.metrics = options_.metrics->AddModel(request.name());
     PublishCounts();
   }
   SetState(request.name(), v1::MODEL_STATE_LOADING);
-  Spawn([this, request, path = *path, done = std::move(done)]() mutable {
-    RunLoad(std::move(request), std::move(path), std::move(done));
+  Spawn([this, request, path = *path, metrics = std::move(metrics),
+         done = std::move(done)]() mutable {
+    RunLoad(std::move(request), std::move(path), std::move(metrics), std::move(done));
   });
 }
 
-void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done) {
+void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
+                            std::shared_ptr<ModelMetrics> metrics, LoadDone done) {
   const absl::Time start = options_.clock->Now();
   auto served = [&]() -> absl::StatusOr<std::shared_ptr<ServedModel>> {
     KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
@@ -210,9 +215,8 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
       KBITD_ASSIGN_OR_RETURN(tokenizer, runtime::Tokenizer::FromFile(path + "/tokenizer.json"));
     }
     runtime::Engine::Options engine_options = options_.engine;
-    if (options_.metrics) {
-      engine_options.kernel_observer = options_.metrics->KernelObserverFor(request.name());
-    }
+    // The scheduler below owns the engine and holds `metrics` until after the engine is gone.
+    if (metrics) engine_options.kernel_observer = &metrics->kernels;
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
                            runtime::Engine::Create(model, engine_options));
     auto result = std::make_shared<ServedModel>();
@@ -225,7 +229,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     *result->info.mutable_placement() = request.placement();
     DescribeModel(*model, *engine, &result->info);
     Scheduler::Options scheduler = options_.scheduler;
-    if (options_.metrics) scheduler.metrics = &options_.metrics->ForModel(request.name());
+    scheduler.metrics = metrics;
     result->scheduler = std::make_shared<Scheduler>(std::move(engine), tokenizer, scheduler);
     return result;
   }();
@@ -244,6 +248,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     } else {
       entry.info.set_state(v1::MODEL_STATE_FAILED);
       entry.info.set_error(std::string(served.status().message()));
+      entry.metrics.reset();  // a failed model serves nothing to measure
       state = v1::MODEL_STATE_FAILED;
       reply = absl::Status(served.status().code(),
                            absl::StrCat("loading model '", request.name(), "' from ",
@@ -253,10 +258,10 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
   }
   if (served.ok()) {
     options_.worker->Add((*served)->scheduler);
-    if (options_.metrics) {
+    if (metrics) {
       const v1::ModelInfo& info = (*served)->info;
-      options_.metrics->ModelLoaded(request.name(), seconds, info.parameter_count(),
-                                    info.weight_bytes(), info.fp16_weight_bytes());
+      metrics->SetLoaded(seconds, info.parameter_count(), info.weight_bytes(),
+                         info.fp16_weight_bytes());
     }
   } else {
     KBITD_LOG(Warning) << reply.status();
@@ -310,10 +315,9 @@ void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> ser
   options_.worker->Remove(&scheduler);
   {
     absl::MutexLock lock(&mu_);
-    entries_.erase(name);
+    entries_.erase(name);  // its series go once the scheduler (held by `served`) goes too
     PublishCounts();
   }
-  if (options_.metrics) options_.metrics->ModelUnloaded(name);
   served.reset();  // in-flight calls may still hold it until their last write
   SetState(name, v1::MODEL_STATE_UNSPECIFIED);
   done(std::move(response));

@@ -55,10 +55,10 @@ class ModelRegistry {
     ModelRoot root;
     absl::Duration unload_grace = absl::Seconds(30);
     runtime::Engine::Options engine;  // kernel_observer is filled per model from `metrics`
-    Scheduler::Options scheduler;    // metrics is filled per model
-    Metrics* metrics = nullptr;      // not owned; may be null
-    DeviceWorker* worker = nullptr;  // not owned; required
-    Clock* clock = &Clock::Real();   // not owned
+    Scheduler::Options scheduler;     // metrics is filled per model
+    Metrics* metrics = nullptr;       // not owned; may be null; outlives the registry's models
+    DeviceWorker* worker = nullptr;   // not owned; required
+    Clock* clock = &Clock::Real();    // not owned
     // Called (from any thread, without the registry's lock) after every state change.
     std::function<void(const std::string& name, v1::ModelState state)> on_state_change;
   };
@@ -98,11 +98,15 @@ class ModelRegistry {
     v1::ModelInfo info;                   // state + error while not READY
     std::shared_ptr<ServedModel> served;  // set while READY / UNLOADING
     int exports = 0;                      // exports in progress
+    // The model's series, held from the start of the load to the end of the unload (null when
+    // metrics are off or the load failed).
+    std::shared_ptr<ModelMetrics> metrics;
     // Set by an unload whose grace period ran out; exports stop at their next tensor.
     std::shared_ptr<std::atomic<bool>> cancel_exports = std::make_shared<std::atomic<bool>>(false);
   };
   void SetState(const std::string& name, v1::ModelState state);
-  void RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done);
+  void RunLoad(v1::LoadModelRequest request, std::string path,
+               std::shared_ptr<ModelMetrics> metrics, LoadDone done);
   void RunUnload(std::string name, std::shared_ptr<ServedModel> served, absl::Duration grace,
                  UnloadDone done);
   void RunExport(std::string name, std::shared_ptr<ServedModel> served, std::string output_path,

@@ -18,7 +18,7 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 Scheduler::Scheduler(std::unique_ptr<runtime::Engine> engine,
                      std::shared_ptr<const runtime::Tokenizer> tokenizer, Options options)
-    : engine_(std::move(engine)), tokenizer_(std::move(tokenizer)), options_(options) {
+    : options_(std::move(options)), engine_(std::move(engine)), tokenizer_(std::move(tokenizer)) {
   for (int64_t id : engine_->model().config().eos_token_ids) {
     eos_ids_.push_back(static_cast<int32_t>(id));
   }

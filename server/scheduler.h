@@ -31,9 +31,11 @@ class Scheduler {
  public:
   struct Options {
     BatchLimits limits;
-    int32_t max_queue = 256;                // waiting requests before RESOURCE_EXHAUSTED
-    const ModelMetrics* metrics = nullptr;  // not owned; may be null
-    Clock* clock = &Clock::Real();          // not owned
+    int32_t max_queue = 256;  // waiting requests before RESOURCE_EXHAUSTED
+    // May be null. Shared: the series stay while the scheduler (on the device worker or held by
+    // requests still finishing) may write to them.
+    std::shared_ptr<const ModelMetrics> metrics;
+    Clock* clock = &Clock::Real();  // not owned
   };
 
   // `tokenizer` detokenizes the generated tokens; it must belong to the engine's model.
@@ -83,9 +85,11 @@ class Scheduler {
   Ending OnToken(Slot& slot, const runtime::SampledToken& token, absl::Time now);
   void Publish();
 
+  // Before engine_: the series options_ holds are the engine's kernel observer, so they must be
+  // destroyed after it.
+  const Options options_;
   std::unique_ptr<runtime::Engine> engine_;
   std::shared_ptr<const runtime::Tokenizer> tokenizer_;
-  const Options options_;
   std::function<void()> wakeup_;
   std::vector<int32_t> eos_ids_;
 

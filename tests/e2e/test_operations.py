@@ -172,6 +172,52 @@ def memory_bytes(d, model):
     return total
 
 
+def series(d):
+    """The series /metrics has now: each sample's name and labels, without its value."""
+    return {line.rsplit(" ", 1)[0] for line in scrape(d).decode().splitlines()
+            if line and not line.startswith("#")}
+
+
+def model_series(d, model):
+    return sorted(s for s in series(d) if f'model="{model}"' in s)
+
+
+def test_unknown_model_names_add_no_series_and_unloaded_models_leave_none(model_root, pb):
+    """Generate needs no credentials, so the names it carries must not create series: 5,000 unknown
+    names once made /metrics 141 MB. Series exist for loaded models only and leave with them."""
+    d = Daemon(model_root, pb)
+    try:
+        before = series(d)
+        for i in range(500):
+            request = pb.inference.GenerateRequest(model=f"ghost-{i}", prompt=b"x",
+                                                   max_new_tokens=1)
+            with pytest.raises(grpc.RpcError) as error:
+                list(d.inference.Generate(request, timeout=10))
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        added = series(d) - before
+        assert not added, f"{len(added)} series added, e.g. {sorted(added)[:3]}"
+
+        load = pb.model.LoadModelRequest(name="victim", path="tiny2")
+        d.models.LoadModel(load, metadata=d.admin(), timeout=60)
+        assert generate(d, "x", max_new_tokens=2, model="victim")[0]
+        assert 'kbitd_requests_total{model="victim",outcome="length"}' in series(d)
+        d.models.UnloadModel(pb.model.UnloadModelRequest(name="victim"), metadata=d.admin(),
+                             timeout=60)
+        # The device worker and the finished call let go of the model moments after the unload.
+        deadline = time.time() + 10
+        while model_series(d, "victim") and time.time() < deadline:
+            time.sleep(0.05)
+        assert model_series(d, "victim") == []
+        assert model_series(d, "tiny")  # the other model keeps its series
+
+        # Loaded again under the same name, the model starts from fresh series.
+        d.models.LoadModel(load, metadata=d.admin(), timeout=60)
+        text = scrape(d).decode()
+        assert 'kbitd_requests_total{model="victim",outcome="length"} 0' in text
+    finally:
+        assert d.stop() == 0
+
+
 def test_max_prompt_tokens_limit(model_root, pb):
     d = Daemon(model_root, pb, yaml_extra="limits:\n  max_prompt_tokens: 8\n")
     try:

@@ -18,6 +18,7 @@ namespace kbitd::server {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string HttpGet(int port, const std::string& path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -38,24 +39,26 @@ std::string HttpGet(int port, const std::string& path) {
   return response;
 }
 
-void Exercise(Metrics& metrics) {
-  const ModelMetrics& m = metrics.ForModel("tiny");
-  m.CountRequest(RequestOutcome::kStop);
-  m.CountRequest(RequestOutcome::kRejected);
-  m.prompt_tokens->Increment(12);
-  m.generated_tokens->Increment(5);
-  m.time_to_first_token->Observe(0.02);
-  m.weight_bytes->Set(1000);
+// Fills a few series of model "tiny"; they live as long as the returned handle.
+std::shared_ptr<ModelMetrics> Exercise(Metrics& metrics) {
+  std::shared_ptr<ModelMetrics> m = metrics.AddModel("tiny");
+  m->CountRequest(RequestOutcome::kStop);
+  m->CountRequest(RequestOutcome::kRejected);
+  m->prompt_tokens->Increment(12);
+  m->generated_tokens->Increment(5);
+  m->time_to_first_token->Observe(0.02);
+  m->weight_bytes->Set(1000);
   metrics.SetModelCount("ready", 1);
   metrics.OnMemoryChanged(runtime::Device::Cpu(), "tiny", runtime::MemoryCategory::kWeights, 1000,
                           1500);
+  return m;
 }
 
 TEST(MetricsTest, ServesConventionalNamesOnItsOwnPort) {
   auto metrics = Metrics::Create({.address = "127.0.0.1:0"});
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   ASSERT_GT((*metrics)->port(), 0);
-  Exercise(**metrics);
+  auto tiny = Exercise(**metrics);
   const std::string body = HttpGet((*metrics)->port(), "/metrics");
   EXPECT_THAT(body, HasSubstr("200 OK"));
   EXPECT_THAT(body, HasSubstr("kbitd_requests_total{model=\"tiny\",outcome=\"stop\"} 1"));
@@ -72,7 +75,7 @@ TEST(MetricsTest, ExpositionPassesPromtool) {
   auto metrics = Metrics::Create({.address = "off"});
   ASSERT_TRUE(metrics.ok());
   EXPECT_EQ((*metrics)->port(), 0);
-  Exercise(**metrics);
+  auto tiny = Exercise(**metrics);
   const std::string path = ::testing::TempDir() + "/kbitd_metrics.txt";
   std::ofstream(path) << (*metrics)->Serialize();
   // promtool (Debian's prometheus package, installed by scripts/setup.sh) lints names and units.
@@ -87,23 +90,61 @@ TEST(MetricsTest, ExpositionPassesPromtool) {
   EXPECT_EQ(output, "");
 }
 
-TEST(MetricsTest, UnloadZeroesGaugesAndKeepsCounters) {
+TEST(MetricsTest, FindModelNeverCreatesSeries) {
   auto metrics = Metrics::Create({.address = "off"});
   ASSERT_TRUE(metrics.ok());
-  Exercise(**metrics);
-  (*metrics)->ModelUnloaded("tiny");
-  const std::string text = (*metrics)->Serialize();
-  EXPECT_THAT(text, HasSubstr("kbitd_model_weight_bytes{model=\"tiny\"} 0"));
-  EXPECT_THAT(text, HasSubstr("kbitd_requests_total{model=\"tiny\",outcome=\"stop\"} 1"));
-  // The same series come back for a model loaded again under the same name.
-  EXPECT_EQ(&(*metrics)->ForModel("tiny"), &(*metrics)->ForModel("tiny"));
+  const std::string empty = (*metrics)->Serialize();
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ((*metrics)->FindModel("ghost-" + std::to_string(i)), nullptr);
+  }
+  EXPECT_EQ((*metrics)->Serialize(), empty);
+  auto tiny = (*metrics)->AddModel("tiny");
+  EXPECT_EQ((*metrics)->FindModel("tiny").get(), tiny.get());
+}
+
+TEST(MetricsTest, SeriesLeaveWithTheLastHandle) {
+  auto metrics = Metrics::Create({.address = "off"});
+  ASSERT_TRUE(metrics.ok());
+  auto registry_handle = Exercise(**metrics);
+  auto request_handle = (*metrics)->FindModel("tiny");  // a request still finishing
+  registry_handle.reset();                              // the unload is done
+  request_handle->CountRequest(RequestOutcome::kCancelled);
+  EXPECT_THAT((*metrics)->Serialize(),
+              HasSubstr("kbitd_requests_total{model=\"tiny\",outcome=\"cancelled\"} 1"));
+  request_handle.reset();
+  std::string text = (*metrics)->Serialize();
+  EXPECT_THAT(text, Not(HasSubstr("model=\"tiny\"")));
+  EXPECT_THAT(text, HasSubstr("kbitd_device_memory_bytes{device=\"cpu\"} 1500"));
+  // The model's weights are freed after its series left: that adds no series back.
+  (*metrics)->OnMemoryChanged(runtime::Device::Cpu(), "tiny", runtime::MemoryCategory::kWeights, 0,
+                              500);
+  text = (*metrics)->Serialize();
+  EXPECT_THAT(text, Not(HasSubstr("model=\"tiny\"")));
+  EXPECT_THAT(text, HasSubstr("kbitd_device_memory_bytes{device=\"cpu\"} 500"));
+}
+
+TEST(MetricsTest, ModelLoadedAgainWhileOldHandlesLiveSharesTheirSeries) {
+  auto metrics = Metrics::Create({.address = "off"});
+  ASSERT_TRUE(metrics.ok());
+  auto old_model = (*metrics)->AddModel("m");
+  old_model->CountRequest(RequestOutcome::kStop);
+  auto new_model = (*metrics)->AddModel("m");
+  old_model.reset();  // the old model's last request ends after the new load started
+  new_model->CountRequest(RequestOutcome::kStop);
+  EXPECT_THAT((*metrics)->Serialize(),
+              HasSubstr("kbitd_requests_total{model=\"m\",outcome=\"stop\"} 2"));
+  new_model.reset();
+  // Once all are gone, the next load starts from fresh series.
+  auto fresh = (*metrics)->AddModel("m");
+  EXPECT_THAT((*metrics)->Serialize(),
+              HasSubstr("kbitd_requests_total{model=\"m\",outcome=\"stop\"} 0"));
 }
 
 TEST(MetricsTest, KernelObserverFillsTheKernelHistogramOfItsModel) {
   auto metrics = Metrics::Create({.address = "off"});
   ASSERT_TRUE(metrics.ok());
-  runtime::KernelObserver* observer = (*metrics)->KernelObserverFor("tiny");
-  EXPECT_EQ(observer, (*metrics)->KernelObserverFor("tiny"));
+  auto tiny = (*metrics)->AddModel("tiny");
+  runtime::KernelObserver* observer = &tiny->kernels;
   observer->OnKernel(runtime::KernelKind::kQuantizedMatmul, 0.0003);
   observer->OnKernel(runtime::KernelKind::kQuantizedMatmul, 0.0005);
   observer->OnKernel(runtime::KernelKind::kSampling, 0.00002);

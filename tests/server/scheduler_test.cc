@@ -34,7 +34,8 @@ class SchedulerTest : public ::testing::Test {
     Scheduler::Options options;
     options.limits.max_batch_size = 2;  // a third request has to wait in the queue
     options.clock = &clock_;
-    options.metrics = &metrics_->ForModel("m");
+    model_metrics_ = metrics_->AddModel("m");
+    options.metrics = model_metrics_;
     scheduler_ = std::make_unique<Scheduler>(*std::move(engine), tokenizer, options);
     total_blocks_ = scheduler_->engine().kv_blocks_total();
   }
@@ -52,13 +53,14 @@ class SchedulerTest : public ::testing::Test {
   }
 
   double Count(RequestOutcome outcome) const {
-    return metrics_->ForModel("m").outcomes[static_cast<int>(outcome)]->Value();
+    return model_metrics_->outcomes[static_cast<int>(outcome)]->Value();
   }
-  double Generated() const { return metrics_->ForModel("m").generated_tokens->Value(); }
+  double Generated() const { return model_metrics_->generated_tokens->Value(); }
   int64_t UsedBlocks() const { return total_blocks_ - scheduler_->engine().kv_blocks_free(); }
 
   FakeClock clock_;
   std::unique_ptr<Metrics> metrics_;
+  std::shared_ptr<ModelMetrics> model_metrics_;
   std::unique_ptr<Scheduler> scheduler_;
   int64_t total_blocks_ = 0;
   uint64_t next_id_ = 1;
