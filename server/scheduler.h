@@ -76,11 +76,16 @@ class Scheduler {
     absl::Time first_token = absl::InfinitePast();
     absl::Time last_token;
   };
-  enum class Ending { kNone, kLength, kStop, kAborted };
+  // Why a request leaves the batch or the queue; each maps to one RequestOutcome.
+  enum class Ending { kNone, kLength, kStop, kAborted, kCancelled, kDeadlineExceeded, kFailed };
+  static RequestOutcome OutcomeOf(Ending ending);
 
   void TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted, bool* abort);
   void StartSlot(std::shared_ptr<Request> request, absl::Time now);
-  // Finishes a slot (removes it from the engine) and counts the outcome.
+  // Whether `request` has to leave before it gets another token: kDeadlineExceeded,
+  // kCancelled, kAborted (when `abort`) or kNone.
+  Ending EndingBeforeStep(const Request& request, bool abort) const;
+  // Finishes a slot (removes it from the engine) with `status` and counts `ending`.
   void EndSlot(Slot& slot, Ending ending, absl::Status status, absl::Time now);
   Ending OnToken(Slot& slot, const runtime::SampledToken& token, absl::Time now);
   void Publish();

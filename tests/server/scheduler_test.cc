@@ -141,6 +141,51 @@ TEST_F(SchedulerTest, QueuedRequestsExpireOrCancelWithoutEverRunning) {
   EXPECT_EQ(Count(RequestOutcome::kCancelled), 2);
 }
 
+TEST_F(SchedulerTest, PassedDeadlineCountsAsDeadlineThoughGrpcCancelsTheCallToo) {
+  auto running = Add(absl::Seconds(10));
+  auto staying = Add();
+  auto queued = Add(absl::Seconds(10));  // max_batch_size 2: it waits
+  ASSERT_TRUE(scheduler_->Step().ok());
+  ASSERT_TRUE(scheduler_->Step().ok());
+
+  clock_.Advance(absl::Seconds(10));
+  // gRPC cancels a call when its deadline passes, so the cancel callback has run as well.
+  running->Cancel();
+  queued->Cancel();
+  ASSERT_TRUE(scheduler_->Step().ok());
+  EXPECT_EQ(scheduler_->InFlight(), 1);
+  EXPECT_EQ(Count(RequestOutcome::kDeadlineExceeded), 2);
+  EXPECT_EQ(Count(RequestOutcome::kCancelled), 0);
+}
+
+TEST_F(SchedulerTest, CancelMomentsBeforeTheDeadlineIsTheClientsDeadline) {
+  auto running = Add(absl::Seconds(10));
+  ASSERT_TRUE(scheduler_->Step().ok());
+  // The client's deadline timer started before the request reached the daemon, so the client
+  // cancels a little before the daemon's copy of the deadline passes.
+  clock_.Advance(absl::Seconds(10) - absl::Milliseconds(5));
+  running->Cancel();
+  ASSERT_TRUE(scheduler_->Step().ok());
+  EXPECT_EQ(scheduler_->InFlight(), 0);
+  EXPECT_EQ(Count(RequestOutcome::kDeadlineExceeded), 1);
+  EXPECT_EQ(Count(RequestOutcome::kCancelled), 0);
+}
+
+TEST_F(SchedulerTest, ClientCancelBeforeTheDeadlineCountsAsCancelled) {
+  auto running = Add(absl::Seconds(10));
+  auto staying = Add();
+  auto queued = Add(absl::Seconds(10));
+  ASSERT_TRUE(scheduler_->Step().ok());
+
+  clock_.Advance(absl::Seconds(9));
+  running->Cancel();
+  queued->Cancel();
+  ASSERT_TRUE(scheduler_->Step().ok());
+  EXPECT_EQ(scheduler_->InFlight(), 1);
+  EXPECT_EQ(Count(RequestOutcome::kCancelled), 2);
+  EXPECT_EQ(Count(RequestOutcome::kDeadlineExceeded), 0);
+}
+
 TEST_F(SchedulerTest, AbortAllEndsQueuedAndRunningAtTheNextStep) {
   Add();
   Add();
