@@ -296,18 +296,20 @@ void ModelRegistry::Unload(const std::string& name, UnloadDone done) {
   served->scheduler->StopAdmitting();
   SetState(name, v1::MODEL_STATE_UNLOADING);
   Spawn([this, name, served, done = std::move(done)]() mutable {
-    RunUnload(name, std::move(served), options_.unload_grace, std::move(done));
+    // The model is gone but the daemon is not: a stream that outlasts the grace ends normally,
+    // with FINISH_REASON_CANCELLED and its usage.
+    RunUnload(name, std::move(served), options_.unload_grace, absl::OkStatus(), std::move(done));
   });
 }
 
 void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> served,
-                              absl::Duration grace, UnloadDone done) {
+                              absl::Duration grace, absl::Status abort, UnloadDone done) {
   v1::UnloadModelResponse response;
   response.set_freed_bytes(HeldBytes(served->info));
   const absl::Time deadline = absl::Now() + grace;
   Scheduler& scheduler = *served->scheduler;
   if (!scheduler.WaitIdle(grace)) {
-    response.set_cancelled_requests(scheduler.AbortAll());
+    response.set_cancelled_requests(scheduler.AbortAll(std::move(abort)));
     // Aborted requests leave at the next step; bound the wait in case the engine hangs.
     scheduler.WaitIdle(absl::Seconds(60));
   }
@@ -410,8 +412,13 @@ void ModelRegistry::UnloadAll(absl::Duration grace) {
   }
   for (auto& [name, served] : ready) served->scheduler->StopAdmitting();
   const absl::Time deadline = absl::Now() + grace;
+  // UNAVAILABLE rather than a normal ending: the request may well succeed on another replica or
+  // after the restart (gRPC's meaning of UNAVAILABLE; clients and proxies retry it), and the
+  // text it got so far is not a finished generation.
+  const absl::Status shutting_down =
+      absl::UnavailableError("the daemon is shutting down; retry the request");
   for (auto& [name, served] : ready) {
-    RunUnload(name, served, std::max(absl::ZeroDuration(), deadline - absl::Now()),
+    RunUnload(name, served, std::max(absl::ZeroDuration(), deadline - absl::Now()), shutting_down,
               [](absl::StatusOr<v1::UnloadModelResponse>) {});
   }
 }

@@ -88,7 +88,8 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<ServedModel>> Get(const std::string& name) const;
   absl::StatusOr<v1::ModelInfo> Info(const std::string& name) const;
   std::vector<v1::ModelInfo> List() const;
-  // Unloads everything (shutdown): stop admitting, grace period, cancel; blocks.
+  // Unloads everything (shutdown): stop admitting, grace period, then the requests still in
+  // flight end with UNAVAILABLE (see kbitd.v1.InferenceService.Generate); blocks.
   void UnloadAll(absl::Duration grace);
 
   const ModelRoot& root() const { return options_.root; }
@@ -107,8 +108,9 @@ class ModelRegistry {
   void SetState(const std::string& name, v1::ModelState state);
   void RunLoad(v1::LoadModelRequest request, std::string path,
                std::shared_ptr<ModelMetrics> metrics, LoadDone done);
+  // `abort`: how requests still in flight after `grace` end (Scheduler::AbortAll).
   void RunUnload(std::string name, std::shared_ptr<ServedModel> served, absl::Duration grace,
-                 UnloadDone done);
+                 absl::Status abort, UnloadDone done);
   void RunExport(std::string name, std::shared_ptr<ServedModel> served, std::string output_path,
                  std::optional<ScalarType> dtype, std::shared_ptr<std::atomic<bool>> cancel,
                  ExportDone done);

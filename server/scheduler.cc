@@ -68,11 +68,11 @@ void Scheduler::StopAdmitting() {
   admitting_ = false;
 }
 
-int Scheduler::AbortAll() {
+int Scheduler::AbortAll(absl::Status status) {
   int count;
   {
     absl::MutexLock lock(&mu_);
-    abort_all_ = true;
+    abort_ = std::move(status);
     count = static_cast<int>(queue_.size()) + running_count_;
   }
   if (wakeup_) wakeup_();
@@ -96,20 +96,23 @@ bool Scheduler::HasWork() const {
   return !queue_.empty() || running_count_ > 0;
 }
 
-void Scheduler::TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted, bool* abort) {
+void Scheduler::TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted,
+                             std::optional<absl::Status>* abort) {
   absl::MutexLock lock(&mu_);
-  *abort = abort_all_;
-  abort_all_ = false;
+  abort->swap(abort_);
+  abort_.reset();
   // Requests that ended while waiting leave the queue now.
   for (auto it = queue_.begin(); it != queue_.end();) {
     Request& request = **it;
-    const Ending ending = EndingBeforeStep(request, *abort);
+    const Ending ending = EndingBeforeStep(request, abort->has_value());
     if (ending == Ending::kNone) {
       ++it;
       continue;
     }
     if (options_.metrics) options_.metrics->CountRequest(OutcomeOf(ending));
-    if (ending == Ending::kAborted) {
+    if (ending == Ending::kAborted && !(*abort)->ok()) {
+      request.Finish(**abort);
+    } else if (ending == Ending::kAborted) {
       v1::GenerateResponse last;
       last.set_finish_reason(v1::FINISH_REASON_CANCELLED);
       last.mutable_usage()->set_prompt_tokens(request.params().prompt.size());
@@ -303,17 +306,19 @@ void Scheduler::Publish() {
 absl::Status Scheduler::Step() {
   const absl::Time start = options_.clock->Now();
   std::vector<std::shared_ptr<Request>> admitted;
-  bool abort = false;
+  std::optional<absl::Status> abort;
   TakeAdmitted(&admitted, &abort);
   for (auto& request : admitted) StartSlot(std::move(request), start);
 
   // Retire running requests that were cancelled, expired or aborted.
   int retired = 0;
   for (auto& slot : running_) {
-    const Ending ending = EndingBeforeStep(*slot->request, abort);
+    const Ending ending = EndingBeforeStep(*slot->request, abort.has_value());
     if (ending == Ending::kNone) continue;
-    absl::Status status = absl::OkStatus();  // an abort ends the stream normally
-    if (ending == Ending::kCancelled) {
+    absl::Status status = absl::OkStatus();
+    if (ending == Ending::kAborted) {
+      status = *abort;
+    } else if (ending == Ending::kCancelled) {
       status = absl::CancelledError("cancelled by the client");
     } else if (ending == Ending::kDeadlineExceeded) {
       status = absl::DeadlineExceededError(

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -49,9 +50,10 @@ class Scheduler {
   void set_wakeup(std::function<void()> wakeup) { wakeup_ = std::move(wakeup); }
   // Any thread: Enqueue answers UNAVAILABLE from now on (unload, shutdown).
   void StopAdmitting();
-  // Any thread: every queued and running request finishes at the next step with
-  // FINISH_REASON_CANCELLED. Returns how many there were.
-  int AbortAll();
+  // Any thread: every queued and running request ends at the next step, counted as cancelled:
+  // with `status` if it is an error (shutdown), else normally with FINISH_REASON_CANCELLED and
+  // its usage (unload). Returns how many there were.
+  int AbortAll(absl::Status status);
   // Queued + running requests.
   int InFlight() const;
   // Waits until nothing is in flight or `timeout` passes; true if idle.
@@ -80,7 +82,10 @@ class Scheduler {
   enum class Ending { kNone, kLength, kStop, kAborted, kCancelled, kDeadlineExceeded, kFailed };
   static RequestOutcome OutcomeOf(Ending ending);
 
-  void TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted, bool* abort);
+  // Moves the requests to admit into `admitted`, after ending the queued ones that have to end.
+  // `abort`: how AbortAll asked requests to end, if it did since the last step.
+  void TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted,
+                    std::optional<absl::Status>* abort);
   void StartSlot(std::shared_ptr<Request> request, absl::Time now);
   // Whether `request` has to leave before it gets another token: kDeadlineExceeded,
   // kCancelled, kAborted (when `abort`) or kNone.
@@ -102,7 +107,7 @@ class Scheduler {
   std::deque<std::shared_ptr<Request>> queue_ ABSL_GUARDED_BY(mu_);
   int running_count_ ABSL_GUARDED_BY(mu_) = 0;
   bool admitting_ ABSL_GUARDED_BY(mu_) = true;
-  bool abort_all_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> abort_ ABSL_GUARDED_BY(mu_);  // set by AbortAll until the next step
 
   // Worker thread only.
   std::vector<std::unique_ptr<Slot>> running_;

@@ -142,6 +142,27 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(model_root, pb):
     assert d.proc.wait(timeout=30) == 0
 
 
+def test_sigterm_ends_streams_outlasting_the_grace_with_unavailable(model_root, pb):
+    """A stream still running when the drain ends gets UNAVAILABLE, gRPC's code for "retry, maybe
+    elsewhere": the replica is going away, and a normal ending would pass the cut-off text off as a
+    finished one."""
+    d = Daemon(model_root, pb, yaml_extra="limits:\n  max_new_tokens: 8192\n",
+               shutdown_grace_seconds=0.5)
+    pbi = pb.inference
+    request = pbi.GenerateRequest(model="tiny", prompt=b"x", max_new_tokens=4000,
+                                  sampling=pbi.SamplingParams(temperature=0))
+    stream = d.inference.Generate(request, timeout=60)
+    received = len(next(stream).token_ids)
+    d.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as error:
+        for response in stream:
+            received += len(response.token_ids)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in error.value.details()
+    assert 0 < received < 4000
+    assert d.proc.wait(timeout=30) == 0
+
+
 def test_tls_serves_tls_clients_only(model_root, pb, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

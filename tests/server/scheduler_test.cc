@@ -191,7 +191,7 @@ TEST_F(SchedulerTest, AbortAllEndsQueuedAndRunningAtTheNextStep) {
   Add();
   Add();
   ASSERT_TRUE(scheduler_->Step().ok());
-  EXPECT_EQ(scheduler_->AbortAll(), 3);
+  EXPECT_EQ(scheduler_->AbortAll(absl::OkStatus()), 3);
   EXPECT_EQ(scheduler_->InFlight(), 3);  // nothing happens before the worker's next step
   ASSERT_TRUE(scheduler_->Step().ok());
   EXPECT_EQ(scheduler_->InFlight(), 0);
