@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "runtime/model.h"
 
 namespace kbitd::server {
 namespace {
@@ -108,7 +109,9 @@ struct Metrics::Families {
                               .Register(r)),
         saved_bytes(prometheus::BuildGauge()
                         .Name("kbitd_quantization_saved_bytes")
-                        .Help("Bytes saved by quantization against fp16")
+                        .Help("Bytes quantization saved against fp16: over the quantized linear "
+                              "weights, 2 bytes per weight minus their quantized bytes (codes "
+                              "and statistics); unquantized tensors count 0")
                         .Register(r)),
         bytes_per_parameter(prometheus::BuildGauge()
                                 .Name("kbitd_model_weight_bytes_per_parameter")
@@ -274,15 +277,26 @@ void KernelMetrics::OnKernel(runtime::KernelKind kind, double seconds) {
   }
 }
 
-void ModelMetrics::SetLoaded(double seconds, int64_t parameter_count, int64_t weights,
-                             int64_t fp16_weights) const {
+void ModelMetrics::SetLoaded(double seconds, const runtime::Model& model) const {
+  const int64_t parameter_count = model.parameter_count();
+  const int64_t weights = model.weight_bytes();
   load_seconds->Set(seconds);
   parameters->Set(static_cast<double>(parameter_count));
   weight_bytes->Set(static_cast<double>(weights));
-  fp16_weight_bytes->Set(static_cast<double>(fp16_weights));
-  saved_bytes->Set(static_cast<double>(fp16_weights - weights));
+  fp16_weight_bytes->Set(static_cast<double>(model.fp16_equivalent_bytes()));
+  saved_bytes->Set(static_cast<double>(QuantizationSavedBytes(model)));
   bytes_per_parameter->Set(parameter_count > 0 ? static_cast<double>(weights) / parameter_count
                                                : 0.0);
+}
+
+int64_t QuantizationSavedBytes(const runtime::Model& model) {
+  int64_t saved = 0;
+  for (const std::string& name : model.LinearNames()) {
+    const runtime::LinearWeight& w = *model.FindLinear(name);
+    if (w.format == runtime::LinearWeight::Format::kDense) continue;
+    saved += 2 * w.out_features * w.in_features - w.resident_bytes();
+  }
+  return saved;
 }
 
 void Metrics::SetModelCount(const std::string& state, int count) {

@@ -13,6 +13,10 @@
 #include "runtime/kernel_observer.h"
 #include "runtime/memory_pool.h"
 
+namespace kbitd::runtime {
+class Model;
+}  // namespace kbitd::runtime
+
 namespace prometheus {
 class Counter;
 class Gauge;
@@ -67,10 +71,15 @@ struct ModelMetrics {
   KernelMetrics kernels;
 
   void CountRequest(RequestOutcome outcome) const;
-  // Sets the model's load time and weight accounting (bytes per parameter).
-  void SetLoaded(double load_seconds, int64_t parameters, int64_t weight_bytes,
-                 int64_t fp16_weight_bytes) const;
+  // Sets the model's load time and weight accounting (sizes, saved bytes, bytes per parameter).
+  void SetLoaded(double load_seconds, const runtime::Model& model) const;
 };
+
+// kbitd_quantization_saved_bytes: over the linear weights that are quantized, 2 bytes per weight
+// (fp16) minus the bytes they take quantized (codes and statistics). Tensors left unquantized
+// count 0 whatever their dtype, so an unquantized model reads 0 rather than the fp32 norms'
+// excess over fp16.
+int64_t QuantizationSavedBytes(const runtime::Model& model);
 
 class Metrics final : public runtime::MemoryObserver {
  public:

@@ -258,11 +258,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
   }
   if (served.ok()) {
     options_.worker->Add((*served)->scheduler);
-    if (metrics) {
-      const v1::ModelInfo& info = (*served)->info;
-      metrics->SetLoaded(seconds, info.parameter_count(), info.weight_bytes(),
-                         info.fp16_weight_bytes());
-    }
+    if (metrics) metrics->SetLoaded(seconds, *(*served)->model);
   } else {
     KBITD_LOG(Warning) << reply.status();
   }

@@ -239,6 +239,34 @@ def test_unknown_model_names_add_no_series_and_unloaded_models_leave_none(model_
         assert d.stop() == 0
 
 
+def gauge(d, name, model):
+    m = re.search(rf'^{name}{{model="{model}"}} (\S+)$', scrape(d).decode(), re.MULTILINE)
+    return float(m.group(1)) if m else None
+
+
+def test_quantization_saved_bytes_count_the_quantized_linears_only(daemon, pb):
+    """Against fp16: an unquantized model saved nothing (fp32 weights are not a loss), an NF4
+    one saves 2 bytes per weight of each quantized linear minus its 4-bit codes and fp32 absmax
+    per 64-weight block. lm_head stays unquantized, as in transformers."""
+    from safetensors.numpy import load_file
+
+    assert gauge(daemon, "kbitd_quantization_saved_bytes", "tiny") == 0
+    tensors = load_file(str(daemon.root / "models" / "tiny" / "model.safetensors"))
+    expected = 0
+    for name, tensor in tensors.items():
+        if name.startswith("model.layers.") and name.endswith("_proj.weight"):
+            n = tensor.size
+            expected += 2 * n - (n // 2 + 4 * -(-n // 64))
+    q = pb.quant.QuantizationConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    daemon.models.LoadModel(pb.model.LoadModelRequest(name="saved-nf4", path="tiny", quantization=q),
+                            metadata=daemon.admin(), timeout=120)
+    try:
+        assert gauge(daemon, "kbitd_quantization_saved_bytes", "saved-nf4") == expected > 0
+    finally:
+        daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="saved-nf4"),
+                                  metadata=daemon.admin(), timeout=60)
+
+
 def test_max_prompt_tokens_limit(model_root, pb):
     d = Daemon(model_root, pb, yaml_extra="limits:\n  max_prompt_tokens: 8\n")
     try:

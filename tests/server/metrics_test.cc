@@ -10,9 +10,12 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/loader.h"
+#include "runtime/model.h"
 
 namespace kbitd::server {
 namespace {
@@ -158,6 +161,62 @@ TEST(MetricsTest, KernelObserverFillsTheKernelHistogramOfItsModel) {
                               "model=\"tiny\"} 0"));
   EXPECT_THAT(text, HasSubstr("kbitd_kernel_duration_seconds_bucket{kind=\"quantized_matmul\","
                               "model=\"tiny\",le=\"0.000512\"} 2"));
+}
+
+// The fp32 Llama of the test data, quantized on load per `quantization`.
+std::shared_ptr<runtime::Model> LoadTestLlama(
+    std::optional<runtime::QuantizationConfig> quantization = std::nullopt) {
+  runtime::LoadOptions load;
+  load.path = std::string(KBITD_TEST_DATA_DIR) + "/models/llama/fp32";
+  load.quantization = std::move(quantization);
+  absl::StatusOr<std::shared_ptr<runtime::Model>> model = runtime::LoadModel(load);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *model : nullptr;
+}
+
+TEST(MetricsTest, UnquantizedModelSavedNoBytes) {
+  // Its weights are fp32, more than fp16 would take, but quantization neither saved nor cost
+  // anything.
+  std::shared_ptr<runtime::Model> model = LoadTestLlama();
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(QuantizationSavedBytes(*model), 0);
+  auto metrics = Metrics::Create({.address = "off"});
+  ASSERT_TRUE(metrics.ok());
+  auto series = (*metrics)->AddModel("dense");
+  series->SetLoaded(0.5, *model);
+  EXPECT_THAT((*metrics)->Serialize(),
+              HasSubstr("kbitd_quantization_saved_bytes{model=\"dense\"} 0\n"));
+}
+
+TEST(MetricsTest, Nf4SavedBytesAreFp16LessCodesAndAbsmaxOfEachQuantizedLinear) {
+  runtime::QuantizationConfig nf4;
+  nf4.load_in_4bit = true;
+  nf4.bnb_4bit_quant_type = "nf4";
+  std::shared_ptr<runtime::Model> model = LoadTestLlama(nf4);
+  ASSERT_NE(model, nullptr);
+  const runtime::ModelConfig& c = model->config();
+  // [out, in] of q, k, v, o, gate, up, down: what bitsandbytes quantizes in each layer (lm_head
+  // stays unquantized, as in transformers).
+  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  const int64_t h = c.hidden_size, i = c.intermediate_size;
+  const int64_t shapes[][2] = {{q, h}, {kv, h}, {kv, h}, {h, q}, {i, h}, {i, h}, {h, i}};
+  int64_t expected = 0;
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    for (const auto& [rows, cols] : shapes) {
+      const int64_t n = rows * cols;
+      const int64_t fp16 = 2 * n;
+      const int64_t nf4_bytes = n / 2 + 4 * ((n + 63) / 64);  // 4-bit codes, fp32 absmax per 64
+      expected += fp16 - nf4_bytes;
+    }
+  }
+  EXPECT_GT(expected, 0);
+  EXPECT_EQ(QuantizationSavedBytes(*model), expected);
+  auto metrics = Metrics::Create({.address = "off"});
+  ASSERT_TRUE(metrics.ok());
+  auto series = (*metrics)->AddModel("nf4");
+  series->SetLoaded(0.5, *model);
+  EXPECT_THAT((*metrics)->Serialize(), HasSubstr("kbitd_quantization_saved_bytes{model=\"nf4\"} " +
+                                                 std::to_string(expected) + "\n"));
 }
 
 TEST(MetricsTest, BusyPortIsAnError) {
