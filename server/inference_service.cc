@@ -130,10 +130,11 @@ absl::StatusOr<GenerateParams> ValidateGenerate(const v1::GenerateRequest& reque
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  const ModelMetrics* metrics = metrics_ ? &metrics_->ForModel(request->model()) : nullptr;
+  // Found, not created: the name is the client's, so an unknown one must add no series.
+  const std::shared_ptr<const ModelMetrics> metrics =
+      metrics_ ? metrics_->FindModel(request->model()) : nullptr;
   auto fail = [&](const absl::Status& status, RequestOutcome outcome) {
-    // Count only names that are served: unknown names would grow the label set without bound.
-    if (metrics_ && status.code() != absl::StatusCode::kNotFound) metrics->CountRequest(outcome);
+    if (metrics) metrics->CountRequest(outcome);
     return new GenerateCall(status);
   };
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());

@@ -8,10 +8,14 @@
 #include <prometheus/text_serializer.h>
 
 #include <exception>
+#include <functional>
 #include <map>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "runtime/model.h"
 
 namespace kbitd::server {
 namespace {
@@ -105,7 +109,9 @@ struct Metrics::Families {
                               .Register(r)),
         saved_bytes(prometheus::BuildGauge()
                         .Name("kbitd_quantization_saved_bytes")
-                        .Help("Bytes saved by quantization against fp16")
+                        .Help("Bytes quantization saved against fp16: over the quantized linear "
+                              "weights, 2 bytes per weight minus their quantized bytes (codes "
+                              "and statistics); unquantized tensors count 0")
                         .Register(r)),
         bytes_per_parameter(prometheus::BuildGauge()
                                 .Name("kbitd_model_weight_bytes_per_parameter")
@@ -149,8 +155,28 @@ struct Metrics::Families {
   prometheus::Family<prometheus::Gauge>& device_memory;
   prometheus::Family<prometheus::Gauge>& models;
 
+  // One model's series and who holds them.
+  struct ModelSeries {
+    ModelMetrics metrics;
+    int handles = 0;
+    // (device, category) -> its kbitd_memory_bytes series, created as the pool reports them.
+    std::map<std::pair<std::string, int>, prometheus::Gauge*> memory;
+    // Takes every series above out of its family.
+    std::vector<std::function<void()>> removers;
+  };
+
+  // Adds the series `labels` to `family`, noting in `series` how to remove it again.
+  template <typename T, typename... Args>
+  T* Add(ModelSeries& series, prometheus::Family<T>& family, const prometheus::Labels& labels,
+         Args&&... args) {
+    T* metric = &family.Add(labels, std::forward<Args>(args)...);
+    series.removers.push_back([&family, metric] { family.Remove(metric); });
+    return metric;
+  }
+
   absl::Mutex mu;
-  std::map<std::string, std::unique_ptr<ModelMetrics>> by_model ABSL_GUARDED_BY(mu);
+  // std::map: ModelSeries never moves, so the pointers handed out stay valid.
+  std::map<std::string, ModelSeries> by_model ABSL_GUARDED_BY(mu);
 };
 
 void ModelMetrics::CountRequest(RequestOutcome outcome) const {
@@ -183,44 +209,65 @@ std::string Metrics::Serialize() const {
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
-const ModelMetrics& Metrics::ForModel(const std::string& model) {
+std::shared_ptr<ModelMetrics> Metrics::AddModel(const std::string& model) {
   Families& f = *families_;
   absl::MutexLock lock(&f.mu);
-  auto& slot = f.by_model[model];
-  if (slot) return *slot;
-  slot = std::make_unique<ModelMetrics>();
-  ModelMetrics& m = *slot;
+  Families::ModelSeries& series = f.by_model[model];
+  if (series.handles++ > 0) return Handle(model, series.metrics);
+  ModelMetrics& m = series.metrics;
   const prometheus::Labels labels = {{"model", model}};
   for (int i = 0; i < 7; ++i) {
-    m.outcomes[i] = &f.requests.Add({{"model", model}, {"outcome", kOutcomeNames[i]}});
+    m.outcomes[i] = f.Add(series, f.requests, {{"model", model}, {"outcome", kOutcomeNames[i]}});
   }
-  m.prompt_tokens = &f.prompt_tokens.Add(labels);
-  m.generated_tokens = &f.generated_tokens.Add(labels);
-  m.queue_requests = &f.queue_requests.Add(labels);
-  m.running_requests = &f.running_requests.Add(labels);
-  m.kv_cache_usage = &f.kv_cache_usage.Add(labels);
+  m.prompt_tokens = f.Add(series, f.prompt_tokens, labels);
+  m.generated_tokens = f.Add(series, f.generated_tokens, labels);
+  m.queue_requests = f.Add(series, f.queue_requests, labels);
+  m.running_requests = f.Add(series, f.running_requests, labels);
+  m.kv_cache_usage = f.Add(series, f.kv_cache_usage, labels);
   const auto latency = Exponential(0.001, 2, 17);  // 1 ms .. 65 s
-  m.queue_seconds = &f.queue_seconds.Add(labels, latency);
-  m.time_to_first_token = &f.time_to_first_token.Add(labels, latency);
-  m.inter_token_latency = &f.inter_token_latency.Add(labels, Exponential(0.0005, 2, 14));
-  m.request_duration = &f.request_duration.Add(labels, Exponential(0.01, 2, 15));
-  m.step_duration = &f.step_duration.Add(labels, Exponential(0.0001, 2, 18));
-  m.step_tokens = &f.step_tokens.Add(labels, Exponential(1, 2, 13));
-  m.scheduler_overhead = &f.scheduler_overhead.Add(labels, Exponential(0.000001, 2, 18));
-  m.load_seconds = &f.load_seconds.Add(labels);
-  m.parameters = &f.parameters.Add(labels);
-  m.weight_bytes = &f.weight_bytes.Add(labels);
-  m.fp16_weight_bytes = &f.fp16_weight_bytes.Add(labels);
-  m.saved_bytes = &f.saved_bytes.Add(labels);
-  m.bytes_per_parameter = &f.bytes_per_parameter.Add(labels);
+  m.queue_seconds = f.Add(series, f.queue_seconds, labels, latency);
+  m.time_to_first_token = f.Add(series, f.time_to_first_token, labels, latency);
+  m.inter_token_latency = f.Add(series, f.inter_token_latency, labels, Exponential(0.0005, 2, 14));
+  m.request_duration = f.Add(series, f.request_duration, labels, Exponential(0.01, 2, 15));
+  m.step_duration = f.Add(series, f.step_duration, labels, Exponential(0.0001, 2, 18));
+  m.step_tokens = f.Add(series, f.step_tokens, labels, Exponential(1, 2, 13));
+  m.scheduler_overhead = f.Add(series, f.scheduler_overhead, labels, Exponential(0.000001, 2, 18));
+  m.load_seconds = f.Add(series, f.load_seconds, labels);
+  m.parameters = f.Add(series, f.parameters, labels);
+  m.weight_bytes = f.Add(series, f.weight_bytes, labels);
+  m.fp16_weight_bytes = f.Add(series, f.fp16_weight_bytes, labels);
+  m.saved_bytes = f.Add(series, f.saved_bytes, labels);
+  m.bytes_per_parameter = f.Add(series, f.bytes_per_parameter, labels);
   // Every kind is created up front so dashboards see zero rather than no series.
   const auto kernel_buckets = Exponential(0.000001, 2, 22);  // 1 us .. 2 s
   for (int k = 0; k < runtime::kNumKernelKinds; ++k) {
-    m.kernels.durations[k] = &f.kernel_duration.Add(
+    m.kernels.durations[k] = f.Add(
+        series, f.kernel_duration,
         {{"model", model}, {"kind", runtime::KernelKindName(static_cast<runtime::KernelKind>(k))}},
         kernel_buckets);
   }
-  return m;
+  return Handle(model, m);
+}
+
+std::shared_ptr<ModelMetrics> Metrics::FindModel(const std::string& model) {
+  absl::MutexLock lock(&families_->mu);
+  auto it = families_->by_model.find(model);
+  if (it == families_->by_model.end()) return nullptr;
+  ++it->second.handles;
+  return Handle(model, it->second.metrics);
+}
+
+std::shared_ptr<ModelMetrics> Metrics::Handle(const std::string& model, ModelMetrics& metrics) {
+  return std::shared_ptr<ModelMetrics>(&metrics, [this, model](ModelMetrics*) { Release(model); });
+}
+
+void Metrics::Release(const std::string& model) {
+  Families& f = *families_;
+  absl::MutexLock lock(&f.mu);
+  auto it = f.by_model.find(model);
+  if (it == f.by_model.end() || --it->second.handles > 0) return;
+  for (const auto& remove : it->second.removers) remove();
+  f.by_model.erase(it);
 }
 
 void KernelMetrics::OnKernel(runtime::KernelKind kind, double seconds) {
@@ -230,30 +277,26 @@ void KernelMetrics::OnKernel(runtime::KernelKind kind, double seconds) {
   }
 }
 
-runtime::KernelObserver* Metrics::KernelObserverFor(const std::string& model) {
-  ForModel(model);  // creates the series
-  absl::MutexLock lock(&families_->mu);
-  return &families_->by_model.at(model)->kernels;
+void ModelMetrics::SetLoaded(double seconds, const runtime::Model& model) const {
+  const int64_t parameter_count = model.parameter_count();
+  const int64_t weights = model.weight_bytes();
+  load_seconds->Set(seconds);
+  parameters->Set(static_cast<double>(parameter_count));
+  weight_bytes->Set(static_cast<double>(weights));
+  fp16_weight_bytes->Set(static_cast<double>(model.fp16_equivalent_bytes()));
+  saved_bytes->Set(static_cast<double>(QuantizationSavedBytes(model)));
+  bytes_per_parameter->Set(parameter_count > 0 ? static_cast<double>(weights) / parameter_count
+                                               : 0.0);
 }
 
-void Metrics::ModelLoaded(const std::string& model, double load_seconds, int64_t parameters,
-                          int64_t weight_bytes, int64_t fp16_weight_bytes) {
-  const ModelMetrics& m = ForModel(model);
-  m.load_seconds->Set(load_seconds);
-  m.parameters->Set(static_cast<double>(parameters));
-  m.weight_bytes->Set(static_cast<double>(weight_bytes));
-  m.fp16_weight_bytes->Set(static_cast<double>(fp16_weight_bytes));
-  m.saved_bytes->Set(static_cast<double>(fp16_weight_bytes - weight_bytes));
-  m.bytes_per_parameter->Set(parameters > 0 ? static_cast<double>(weight_bytes) / parameters : 0.0);
-}
-
-void Metrics::ModelUnloaded(const std::string& model) {
-  const ModelMetrics& m = ForModel(model);
-  for (prometheus::Gauge* gauge :
-       {m.queue_requests, m.running_requests, m.kv_cache_usage, m.parameters, m.weight_bytes,
-        m.fp16_weight_bytes, m.saved_bytes, m.bytes_per_parameter}) {
-    gauge->Set(0);
+int64_t QuantizationSavedBytes(const runtime::Model& model) {
+  int64_t saved = 0;
+  for (const std::string& name : model.LinearNames()) {
+    const runtime::LinearWeight& w = *model.FindLinear(name);
+    if (w.format == runtime::LinearWeight::Format::kDense) continue;
+    saved += 2 * w.out_features * w.in_features - w.resident_bytes();
   }
+  return saved;
 }
 
 void Metrics::SetModelCount(const std::string& state, int count) {
@@ -263,13 +306,23 @@ void Metrics::SetModelCount(const std::string& state, int count) {
 void Metrics::OnMemoryChanged(const runtime::Device& device, const std::string& owner,
                               runtime::MemoryCategory category, int64_t owner_bytes,
                               int64_t device_bytes) {
+  Families& f = *families_;
   const std::string device_name = device.ToString();
-  families_->memory
-      .Add({{"device", device_name},
-            {"model", owner},
-            {"category", runtime::MemoryCategoryName(category)}})
-      .Set(static_cast<double>(owner_bytes));
-  families_->device_memory.Add({{"device", device_name}}).Set(static_cast<double>(device_bytes));
+  f.device_memory.Add({{"device", device_name}}).Set(static_cast<double>(device_bytes));
+  absl::MutexLock lock(&f.mu);
+  auto it = f.by_model.find(owner);
+  // A model frees its weights when the last request lets go of it, which may be after its series
+  // left: those bytes must not bring a series back.
+  if (it == f.by_model.end()) return;
+  Families::ModelSeries& series = it->second;
+  prometheus::Gauge*& gauge = series.memory[{device_name, static_cast<int>(category)}];
+  if (gauge == nullptr) {
+    gauge = f.Add(series, f.memory,
+                  {{"device", device_name},
+                   {"model", owner},
+                   {"category", runtime::MemoryCategoryName(category)}});
+  }
+  gauge->Set(static_cast<double>(owner_bytes));
 }
 
 }  // namespace kbitd::server

@@ -1,9 +1,8 @@
 // Prometheus metrics of the daemon (prometheus-cpp stays in metrics.cc), served on their own
 // /metrics port. Names follow https://prometheus.io/docs/practices/naming: kbitd_ prefix, base
-// units in the name (_seconds, _bytes, _ratio), counters end in _total. Per-model series are
-// created once per model name and never removed (Family::Add hands back the same series when a
-// name is loaded again, so a removal could leave a reloaded model with dangling series); their
-// gauges are zeroed at unload. Thread-safe.
+// units in the name (_seconds, _bytes, _ratio), counters end in _total. Per-model series exist
+// only for models an admin loads, and leave /metrics with the model (see Metrics::AddModel):
+// request paths never create them, since a request may name any model. Thread-safe.
 #pragma once
 
 #include <memory>
@@ -13,6 +12,10 @@
 #include "absl/time/time.h"
 #include "runtime/kernel_observer.h"
 #include "runtime/memory_pool.h"
+
+namespace kbitd::runtime {
+class Model;
+}  // namespace kbitd::runtime
 
 namespace prometheus {
 class Counter;
@@ -43,7 +46,8 @@ class KernelMetrics final : public runtime::KernelObserver {
   prometheus::Histogram* durations[runtime::kNumKernelKinds] = {};
 };
 
-// The series of one model; pointers into the registry, valid as long as Metrics lives.
+// The series of one model; pointers into the registry, valid while a handle from
+// Metrics::AddModel or FindModel is held.
 struct ModelMetrics {
   prometheus::Counter* outcomes[7];
   prometheus::Counter* prompt_tokens;
@@ -67,7 +71,15 @@ struct ModelMetrics {
   KernelMetrics kernels;
 
   void CountRequest(RequestOutcome outcome) const;
+  // Sets the model's load time and weight accounting (sizes, saved bytes, bytes per parameter).
+  void SetLoaded(double load_seconds, const runtime::Model& model) const;
 };
+
+// kbitd_quantization_saved_bytes: over the linear weights that are quantized, 2 bytes per weight
+// (fp16) minus the bytes they take quantized (codes and statistics). Tensors left unquantized
+// count 0 whatever their dtype, so an unquantized model reads 0 rather than the fp32 norms'
+// excess over fp16.
+int64_t QuantizationSavedBytes(const runtime::Model& model);
 
 class Metrics final : public runtime::MemoryObserver {
  public:
@@ -84,21 +96,20 @@ class Metrics final : public runtime::MemoryObserver {
   // The text exposition (format 0.0.4), as /metrics serves it.
   std::string Serialize() const;
 
-  // The series of `model`, created on first use.
-  const ModelMetrics& ForModel(const std::string& model);
-  // The kernel latency observer of `model` for its engine (sampled steps only, see
-  // runtime::Engine::Options::kernel_timing_interval).
-  runtime::KernelObserver* KernelObserverFor(const std::string& model);
-  // Sets a model's load time and weight accounting (saved bytes, bits per parameter).
-  void ModelLoaded(const std::string& model, double load_seconds, int64_t parameters,
-                   int64_t weight_bytes, int64_t fp16_weight_bytes);
-  // Zeroes a model's gauges after it is unloaded.
-  void ModelUnloaded(const std::string& model);
+  // A handle to the series of `model`: they are created with the first handle and leave
+  // /metrics when the last one is released. The registry holds one from the start of a load to
+  // the end of its unload, and the model's scheduler holds one, so a request still finishing after
+  // the unload writes to live series. A model loaded again under the name while handles of the
+  // old one live shares its series. Handles must not outlive this Metrics.
+  std::shared_ptr<ModelMetrics> AddModel(const std::string& model);
+  // A handle to the series of `model` if it has any, else null; never creates series, so the
+  // request paths use it.
+  std::shared_ptr<ModelMetrics> FindModel(const std::string& model);
   // Number of models per lifecycle state (kbitd_models{state}).
   void SetModelCount(const std::string& state, int count);
 
-  // runtime::MemoryObserver: kbitd_memory_bytes{device,model,category} and
-  // kbitd_device_memory_bytes{device}.
+  // runtime::MemoryObserver: kbitd_memory_bytes{device,model,category} (for models with series
+  // only) and kbitd_device_memory_bytes{device}.
   void OnMemoryChanged(const runtime::Device& device, const std::string& owner,
                        runtime::MemoryCategory category, int64_t owner_bytes,
                        int64_t device_bytes) override;
@@ -106,6 +117,10 @@ class Metrics final : public runtime::MemoryObserver {
  private:
   struct Families;
   Metrics();
+  // A shared_ptr to `metrics` whose release drops one of the handles counted for `model`.
+  std::shared_ptr<ModelMetrics> Handle(const std::string& model, ModelMetrics& metrics);
+  // Drops a handle of `model`; the last one removes its series.
+  void Release(const std::string& model);
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Families> families_;

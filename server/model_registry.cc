@@ -186,6 +186,7 @@ void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
   }
   absl::StatusOr<std::string> path = options_.root.Resolve(request.path());
   if (!path.ok()) return done(path.status());
+  std::shared_ptr<ModelMetrics> metrics;
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(request.name());
@@ -201,15 +202,19 @@ void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
     entry.info.set_state(v1::MODEL_STATE_LOADING);
     *entry.info.mutable_quantization() = request.quantization();
     *entry.info.mutable_placement() = request.placement();
+    // Series are created here, for a name an admin loads, and never on the request paths.
+    if (options_.metrics) metrics = entry.metrics = options_.metrics->AddModel(request.name());
     PublishCounts();
   }
   SetState(request.name(), v1::MODEL_STATE_LOADING);
-  Spawn([this, request, path = *path, done = std::move(done)]() mutable {
-    RunLoad(std::move(request), std::move(path), std::move(done));
+  Spawn([this, request, path = *path, metrics = std::move(metrics),
+         done = std::move(done)]() mutable {
+    RunLoad(std::move(request), std::move(path), std::move(metrics), std::move(done));
   });
 }
 
-void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done) {
+void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
+                            std::shared_ptr<ModelMetrics> metrics, LoadDone done) {
   const absl::Time start = options_.clock->Now();
   auto served = [&]() -> absl::StatusOr<std::shared_ptr<ServedModel>> {
     KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
@@ -225,9 +230,8 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     } else {
       KBITD_ASSIGN_OR_RETURN(tokenizer, runtime::Tokenizer::FromFile(path + "/tokenizer.json"));
     }
-    if (options_.metrics) {
-      engine_options.kernel_observer = options_.metrics->KernelObserverFor(request.name());
-    }
+    // The scheduler below owns the engine and holds `metrics` until after the engine is gone.
+    if (metrics) engine_options.kernel_observer = &metrics->kernels;
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
                            runtime::Engine::Create(model, engine_options));
     auto result = std::make_shared<ServedModel>();
@@ -240,7 +244,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     *result->info.mutable_placement() = request.placement();
     DescribeModel(*model, *engine, &result->info);
     Scheduler::Options scheduler = options_.scheduler;
-    if (options_.metrics) scheduler.metrics = &options_.metrics->ForModel(request.name());
+    scheduler.metrics = metrics;
     result->scheduler = std::make_shared<Scheduler>(std::move(engine), tokenizer, scheduler);
     return result;
   }();
@@ -259,6 +263,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
     } else {
       entry.info.set_state(v1::MODEL_STATE_FAILED);
       entry.info.set_error(std::string(served.status().message()));
+      entry.metrics.reset();  // a failed model serves nothing to measure
       state = v1::MODEL_STATE_FAILED;
       reply = absl::Status(served.status().code(),
                            absl::StrCat("loading model '", request.name(), "' from ",
@@ -268,11 +273,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path, Load
   }
   if (served.ok()) {
     options_.worker->Add((*served)->scheduler);
-    if (options_.metrics) {
-      const v1::ModelInfo& info = (*served)->info;
-      options_.metrics->ModelLoaded(request.name(), seconds, info.parameter_count(),
-                                    info.weight_bytes(), info.fp16_weight_bytes());
-    }
+    if (metrics) metrics->SetLoaded(seconds, *(*served)->model);
   } else {
     KBITD_LOG(Warning) << reply.status();
   }
@@ -306,18 +307,20 @@ void ModelRegistry::Unload(const std::string& name, UnloadDone done) {
   served->scheduler->StopAdmitting();
   SetState(name, v1::MODEL_STATE_UNLOADING);
   Spawn([this, name, served, done = std::move(done)]() mutable {
-    RunUnload(name, std::move(served), options_.unload_grace, std::move(done));
+    // The model is gone but the daemon is not: a stream that outlasts the grace ends normally,
+    // with FINISH_REASON_CANCELLED and its usage.
+    RunUnload(name, std::move(served), options_.unload_grace, absl::OkStatus(), std::move(done));
   });
 }
 
 void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> served,
-                              absl::Duration grace, UnloadDone done) {
+                              absl::Duration grace, absl::Status abort, UnloadDone done) {
   v1::UnloadModelResponse response;
   response.set_freed_bytes(HeldBytes(served->info));
   const absl::Time deadline = absl::Now() + grace;
   Scheduler& scheduler = *served->scheduler;
   if (!scheduler.WaitIdle(grace)) {
-    response.set_cancelled_requests(scheduler.AbortAll());
+    response.set_cancelled_requests(scheduler.AbortAll(std::move(abort)));
     // Aborted requests leave at the next step; bound the wait in case the engine hangs.
     scheduler.WaitIdle(absl::Seconds(60));
   }
@@ -325,10 +328,9 @@ void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> ser
   options_.worker->Remove(&scheduler);
   {
     absl::MutexLock lock(&mu_);
-    entries_.erase(name);
+    entries_.erase(name);  // its series go once the scheduler (held by `served`) goes too
     PublishCounts();
   }
-  if (options_.metrics) options_.metrics->ModelUnloaded(name);
   served.reset();  // in-flight calls may still hold it until their last write
   SetState(name, v1::MODEL_STATE_UNSPECIFIED);
   done(std::move(response));
@@ -421,8 +423,13 @@ void ModelRegistry::UnloadAll(absl::Duration grace) {
   }
   for (auto& [name, served] : ready) served->scheduler->StopAdmitting();
   const absl::Time deadline = absl::Now() + grace;
+  // UNAVAILABLE rather than a normal ending: the request may well succeed on another replica or
+  // after the restart (gRPC's meaning of UNAVAILABLE; clients and proxies retry it), and the
+  // text it got so far is not a finished generation.
+  const absl::Status shutting_down =
+      absl::UnavailableError("the daemon is shutting down; retry the request");
   for (auto& [name, served] : ready) {
-    RunUnload(name, served, std::max(absl::ZeroDuration(), deadline - absl::Now()),
+    RunUnload(name, served, std::max(absl::ZeroDuration(), deadline - absl::Now()), shutting_down,
               [](absl::StatusOr<v1::UnloadModelResponse>) {});
   }
 }

@@ -55,10 +55,10 @@ class ModelRegistry {
     ModelRoot root;
     absl::Duration unload_grace = absl::Seconds(30);
     runtime::Engine::Options engine;  // kernel_observer is filled per model from `metrics`
-    Scheduler::Options scheduler;    // metrics is filled per model
-    Metrics* metrics = nullptr;      // not owned; may be null
-    DeviceWorker* worker = nullptr;  // not owned; required
-    Clock* clock = &Clock::Real();   // not owned
+    Scheduler::Options scheduler;     // metrics is filled per model
+    Metrics* metrics = nullptr;       // not owned; may be null; outlives the registry's models
+    DeviceWorker* worker = nullptr;   // not owned; required
+    Clock* clock = &Clock::Real();    // not owned
     // Called (from any thread, without the registry's lock) after every state change.
     std::function<void(const std::string& name, v1::ModelState state)> on_state_change;
   };
@@ -88,7 +88,8 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<ServedModel>> Get(const std::string& name) const;
   absl::StatusOr<v1::ModelInfo> Info(const std::string& name) const;
   std::vector<v1::ModelInfo> List() const;
-  // Unloads everything (shutdown): stop admitting, grace period, cancel; blocks.
+  // Unloads everything (shutdown): stop admitting, grace period, then the requests still in
+  // flight end with UNAVAILABLE (see kbitd.v1.InferenceService.Generate); blocks.
   void UnloadAll(absl::Duration grace);
 
   const ModelRoot& root() const { return options_.root; }
@@ -98,13 +99,18 @@ class ModelRegistry {
     v1::ModelInfo info;                   // state + error while not READY
     std::shared_ptr<ServedModel> served;  // set while READY / UNLOADING
     int exports = 0;                      // exports in progress
+    // The model's series, held from the start of the load to the end of the unload (null when
+    // metrics are off or the load failed).
+    std::shared_ptr<ModelMetrics> metrics;
     // Set by an unload whose grace period ran out; exports stop at their next tensor.
     std::shared_ptr<std::atomic<bool>> cancel_exports = std::make_shared<std::atomic<bool>>(false);
   };
   void SetState(const std::string& name, v1::ModelState state);
-  void RunLoad(v1::LoadModelRequest request, std::string path, LoadDone done);
+  void RunLoad(v1::LoadModelRequest request, std::string path,
+               std::shared_ptr<ModelMetrics> metrics, LoadDone done);
+  // `abort`: how requests still in flight after `grace` end (Scheduler::AbortAll).
   void RunUnload(std::string name, std::shared_ptr<ServedModel> served, absl::Duration grace,
-                 UnloadDone done);
+                 absl::Status abort, UnloadDone done);
   void RunExport(std::string name, std::shared_ptr<ServedModel> served, std::string output_path,
                  std::optional<ScalarType> dtype, std::shared_ptr<std::atomic<bool>> cancel,
                  ExportDone done);

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -31,9 +32,11 @@ class Scheduler {
  public:
   struct Options {
     BatchLimits limits;
-    int32_t max_queue = 256;                // waiting requests before RESOURCE_EXHAUSTED
-    const ModelMetrics* metrics = nullptr;  // not owned; may be null
-    Clock* clock = &Clock::Real();          // not owned
+    int32_t max_queue = 256;  // waiting requests before RESOURCE_EXHAUSTED
+    // May be null. Shared: the series stay while the scheduler (on the device worker or held by
+    // requests still finishing) may write to them.
+    std::shared_ptr<const ModelMetrics> metrics;
+    Clock* clock = &Clock::Real();  // not owned
   };
 
   // `tokenizer` detokenizes the generated tokens; it must belong to the engine's model.
@@ -47,9 +50,10 @@ class Scheduler {
   void set_wakeup(std::function<void()> wakeup) { wakeup_ = std::move(wakeup); }
   // Any thread: Enqueue answers UNAVAILABLE from now on (unload, shutdown).
   void StopAdmitting();
-  // Any thread: every queued and running request finishes at the next step with
-  // FINISH_REASON_CANCELLED. Returns how many there were.
-  int AbortAll();
+  // Any thread: every queued and running request ends at the next step, counted as cancelled:
+  // with `status` if it is an error (shutdown), else normally with FINISH_REASON_CANCELLED and
+  // its usage (unload). Returns how many there were.
+  int AbortAll(absl::Status status);
   // Queued + running requests.
   int InFlight() const;
   // Waits until nothing is in flight or `timeout` passes; true if idle.
@@ -74,18 +78,28 @@ class Scheduler {
     absl::Time first_token = absl::InfinitePast();
     absl::Time last_token;
   };
-  enum class Ending { kNone, kLength, kStop, kAborted };
+  // Why a request leaves the batch or the queue; each maps to one RequestOutcome.
+  enum class Ending { kNone, kLength, kStop, kAborted, kCancelled, kDeadlineExceeded, kFailed };
+  static RequestOutcome OutcomeOf(Ending ending);
 
-  void TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted, bool* abort);
+  // Moves the requests to admit into `admitted`, after ending the queued ones that have to end.
+  // `abort`: how AbortAll asked requests to end, if it did since the last step.
+  void TakeAdmitted(std::vector<std::shared_ptr<Request>>* admitted,
+                    std::optional<absl::Status>* abort);
   void StartSlot(std::shared_ptr<Request> request, absl::Time now);
-  // Finishes a slot (removes it from the engine) and counts the outcome.
+  // Whether `request` has to leave before it gets another token: kDeadlineExceeded,
+  // kCancelled, kAborted (when `abort`) or kNone.
+  Ending EndingBeforeStep(const Request& request, bool abort) const;
+  // Finishes a slot (removes it from the engine) with `status` and counts `ending`.
   void EndSlot(Slot& slot, Ending ending, absl::Status status, absl::Time now);
   Ending OnToken(Slot& slot, const runtime::SampledToken& token, absl::Time now);
   void Publish();
 
+  // Before engine_: the series options_ holds are the engine's kernel observer, so they must be
+  // destroyed after it.
+  const Options options_;
   std::unique_ptr<runtime::Engine> engine_;
   std::shared_ptr<const runtime::Tokenizer> tokenizer_;
-  const Options options_;
   std::function<void()> wakeup_;
   std::vector<int32_t> eos_ids_;
 
@@ -93,7 +107,7 @@ class Scheduler {
   std::deque<std::shared_ptr<Request>> queue_ ABSL_GUARDED_BY(mu_);
   int running_count_ ABSL_GUARDED_BY(mu_) = 0;
   bool admitting_ ABSL_GUARDED_BY(mu_) = true;
-  bool abort_all_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> abort_ ABSL_GUARDED_BY(mu_);  // set by AbortAll until the next step
 
   // Worker thread only.
   std::vector<std::unique_ptr<Slot>> running_;

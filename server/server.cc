@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -157,10 +158,15 @@ void Server::Shutdown(absl::Duration grace) {
   KBITD_LOG(Info) << "shutting down: draining for up to " << grace;
   // NOT_SERVING everywhere first, so load balancers stop sending traffic.
   if (auto* health = health_.exchange(nullptr)) health->Shutdown();
-  // Waits for in-flight calls until the deadline, then cancels them (their requests leave the
-  // batch at the next step).
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  registry_->UnloadAll(absl::ZeroDuration());
+  const absl::Time deadline = absl::Now() + grace;
+  // gRPC takes no new calls from now on and waits for the running ones. Its own deadline comes a
+  // moment after ours: at ours the registry ends the streams still running with UNAVAILABLE and
+  // a message saying why, which gRPC's cancel-all would cut off; gRPC's cancels only what is left
+  // then (a client that does not read its stream).
+  std::thread grpc_shutdown(
+      [this, deadline] { server_->Shutdown(absl::ToChronoTime(deadline + absl::Seconds(1))); });
+  registry_->UnloadAll(grace);
+  grpc_shutdown.join();
 }
 
 Server::~Server() {

@@ -93,7 +93,8 @@ def write_tiny_llama(folder: Path, seed: int = 0, layers: int = 2):
 class Daemon:
     """A running kbitd: its ports, channel and stubs."""
 
-    def __init__(self, root: Path, pb, yaml_extra: str = "", models=("tiny",)):
+    def __init__(self, root: Path, pb, yaml_extra: str = "", models=("tiny",),
+                 shutdown_grace_seconds: float = 20):
         import grpc
 
         self.root = root
@@ -102,7 +103,8 @@ class Daemon:
         self.config.write_text(
             f"listen_address: 127.0.0.1:0\nmetrics_address: 127.0.0.1:0\n"
             f"model_root: {root / 'models'}\nadmin_token: {ADMIN_TOKEN}\n"
-            f"unload_grace_seconds: 0.05\nshutdown_grace_seconds: 20\nnum_threads: 1\n"
+            f"unload_grace_seconds: 0.05\nshutdown_grace_seconds: {shutdown_grace_seconds}\n"
+            f"num_threads: 1\n"
             + (f"models:\n{models_yaml}" if models else "") + yaml_extra)
         self.proc = subprocess.Popen([str(BUILD / "server" / "kbitd"), "--config", str(self.config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

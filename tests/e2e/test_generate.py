@@ -2,8 +2,10 @@
 streams, seeds, stop strings, cancellation, deadlines, unload during generation."""
 
 import concurrent.futures
+import re
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -25,6 +27,25 @@ def generate(d, prompt, max_new_tokens=12, timeout=60, **kwargs):
         text += response.text
         last = response
     return ids, text, last
+
+
+def outcomes(d, model="tiny"):
+    """kbitd_requests_total of `model` by outcome."""
+    url = f"http://127.0.0.1:{d.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    found = re.findall(rf'kbitd_requests_total{{model="{model}",outcome="(\w+)"}} (\S+)', text)
+    return {outcome: float(value) for outcome, value in found}
+
+
+def outcomes_after(d, before, outcome, model="tiny", timeout=10):
+    """The counts once `outcome` has gone up from `before`: the daemon counts an ending at its next
+    step, which may come after the client has seen the call end."""
+    deadline = time.time() + timeout
+    while True:
+        now = outcomes(d, model)
+        if now[outcome] > before[outcome] or time.time() > deadline:
+            return now
+        time.sleep(0.02)
 
 
 PROMPTS = ["def fibonacci(n):", "import os\n", "class Foo:", "# comment", "x = [1, 2, 3]",
@@ -100,6 +121,7 @@ def test_cancel_mid_stream_frees_the_slot(daemon):
     pb = daemon.pb
     request = pb.inference.GenerateRequest(model="tiny", prompt=b"while True:", max_new_tokens=4000,
                                            sampling=pb.inference.SamplingParams(temperature=0))
+    before = outcomes(daemon)
     call = daemon.inference.Generate(request, timeout=60)
     next(call)
     call.cancel()
@@ -107,6 +129,9 @@ def test_cancel_mid_stream_frees_the_slot(daemon):
         for _ in call:
             pass
     assert e.value.code() == grpc.StatusCode.CANCELLED
+    after = outcomes_after(daemon, before, "cancelled")
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["deadline_exceeded"] == before["deadline_exceeded"]
     # The daemon keeps serving.
     assert generate(daemon, PROMPTS[0], max_new_tokens=2)[0]
 
@@ -115,6 +140,7 @@ def test_deadline_ends_a_long_generation(daemon):
     pb = daemon.pb
     request = pb.inference.GenerateRequest(model="tiny", prompt=b"x", max_new_tokens=4000,
                                            sampling=pb.inference.SamplingParams(temperature=0))
+    before = outcomes(daemon)
     start = time.time()
     received = []
     with pytest.raises(grpc.RpcError) as e:
@@ -123,6 +149,10 @@ def test_deadline_ends_a_long_generation(daemon):
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(received) < 4000
     assert time.time() - start < 5
+    # gRPC cancels the call when its deadline passes; that is counted as the deadline, once.
+    after = outcomes_after(daemon, before, "deadline_exceeded")
+    assert after["deadline_exceeded"] == before["deadline_exceeded"] + 1
+    assert after["cancelled"] == before["cancelled"]
     assert generate(daemon, PROMPTS[0], max_new_tokens=2)[0]
 
 

@@ -142,6 +142,27 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(model_root, pb):
     assert d.proc.wait(timeout=30) == 0
 
 
+def test_sigterm_ends_streams_outlasting_the_grace_with_unavailable(model_root, pb):
+    """A stream still running when the drain ends gets UNAVAILABLE, gRPC's code for "retry, maybe
+    elsewhere": the replica is going away, and a normal ending would pass the cut-off text off as a
+    finished one."""
+    d = Daemon(model_root, pb, yaml_extra="limits:\n  max_new_tokens: 8192\n",
+               shutdown_grace_seconds=0.5)
+    pbi = pb.inference
+    request = pbi.GenerateRequest(model="tiny", prompt=b"x", max_new_tokens=4000,
+                                  sampling=pbi.SamplingParams(temperature=0))
+    stream = d.inference.Generate(request, timeout=60)
+    received = len(next(stream).token_ids)
+    d.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as error:
+        for response in stream:
+            received += len(response.token_ids)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in error.value.details()
+    assert 0 < received < 4000
+    assert d.proc.wait(timeout=30) == 0
+
+
 def test_tls_serves_tls_clients_only(model_root, pb, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -170,6 +191,80 @@ def memory_bytes(d, model):
         if line.startswith("kbitd_memory_bytes{") and f'model="{model}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def series(d):
+    """The series /metrics has now: each sample's name and labels, without its value."""
+    return {line.rsplit(" ", 1)[0] for line in scrape(d).decode().splitlines()
+            if line and not line.startswith("#")}
+
+
+def model_series(d, model):
+    return sorted(s for s in series(d) if f'model="{model}"' in s)
+
+
+def test_unknown_model_names_add_no_series_and_unloaded_models_leave_none(model_root, pb):
+    """Generate needs no credentials, so the names it carries must not create series: 5,000 unknown
+    names once made /metrics 141 MB. Series exist for loaded models only and leave with them."""
+    d = Daemon(model_root, pb)
+    try:
+        before = series(d)
+        for i in range(500):
+            request = pb.inference.GenerateRequest(model=f"ghost-{i}", prompt=b"x",
+                                                   max_new_tokens=1)
+            with pytest.raises(grpc.RpcError) as error:
+                list(d.inference.Generate(request, timeout=10))
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        added = series(d) - before
+        assert not added, f"{len(added)} series added, e.g. {sorted(added)[:3]}"
+
+        load = pb.model.LoadModelRequest(name="victim", path="tiny2")
+        d.models.LoadModel(load, metadata=d.admin(), timeout=60)
+        assert generate(d, "x", max_new_tokens=2, model="victim")[0]
+        assert 'kbitd_requests_total{model="victim",outcome="length"}' in series(d)
+        d.models.UnloadModel(pb.model.UnloadModelRequest(name="victim"), metadata=d.admin(),
+                             timeout=60)
+        # The device worker and the finished call let go of the model moments after the unload.
+        deadline = time.time() + 10
+        while model_series(d, "victim") and time.time() < deadline:
+            time.sleep(0.05)
+        assert model_series(d, "victim") == []
+        assert model_series(d, "tiny")  # the other model keeps its series
+
+        # Loaded again under the same name, the model starts from fresh series.
+        d.models.LoadModel(load, metadata=d.admin(), timeout=60)
+        text = scrape(d).decode()
+        assert 'kbitd_requests_total{model="victim",outcome="length"} 0' in text
+    finally:
+        assert d.stop() == 0
+
+
+def gauge(d, name, model):
+    m = re.search(rf'^{name}{{model="{model}"}} (\S+)$', scrape(d).decode(), re.MULTILINE)
+    return float(m.group(1)) if m else None
+
+
+def test_quantization_saved_bytes_count_the_quantized_linears_only(daemon, pb):
+    """Against fp16: an unquantized model saved nothing (fp32 weights are not a loss), an NF4
+    one saves 2 bytes per weight of each quantized linear minus its 4-bit codes and fp32 absmax
+    per 64-weight block. lm_head stays unquantized, as in transformers."""
+    from safetensors.numpy import load_file
+
+    assert gauge(daemon, "kbitd_quantization_saved_bytes", "tiny") == 0
+    tensors = load_file(str(daemon.root / "models" / "tiny" / "model.safetensors"))
+    expected = 0
+    for name, tensor in tensors.items():
+        if name.startswith("model.layers.") and name.endswith("_proj.weight"):
+            n = tensor.size
+            expected += 2 * n - (n // 2 + 4 * -(-n // 64))
+    q = pb.quant.QuantizationConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    daemon.models.LoadModel(pb.model.LoadModelRequest(name="saved-nf4", path="tiny", quantization=q),
+                            metadata=daemon.admin(), timeout=120)
+    try:
+        assert gauge(daemon, "kbitd_quantization_saved_bytes", "saved-nf4") == expected > 0
+    finally:
+        daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="saved-nf4"),
+                                  metadata=daemon.admin(), timeout=60)
 
 
 def test_max_prompt_tokens_limit(model_root, pb):

@@ -34,7 +34,8 @@ class SchedulerTest : public ::testing::Test {
     Scheduler::Options options;
     options.limits.max_batch_size = 2;  // a third request has to wait in the queue
     options.clock = &clock_;
-    options.metrics = &metrics_->ForModel("m");
+    model_metrics_ = metrics_->AddModel("m");
+    options.metrics = model_metrics_;
     scheduler_ = std::make_unique<Scheduler>(*std::move(engine), tokenizer, options);
     total_blocks_ = scheduler_->engine().kv_blocks_total();
   }
@@ -52,13 +53,14 @@ class SchedulerTest : public ::testing::Test {
   }
 
   double Count(RequestOutcome outcome) const {
-    return metrics_->ForModel("m").outcomes[static_cast<int>(outcome)]->Value();
+    return model_metrics_->outcomes[static_cast<int>(outcome)]->Value();
   }
-  double Generated() const { return metrics_->ForModel("m").generated_tokens->Value(); }
+  double Generated() const { return model_metrics_->generated_tokens->Value(); }
   int64_t UsedBlocks() const { return total_blocks_ - scheduler_->engine().kv_blocks_free(); }
 
   FakeClock clock_;
   std::unique_ptr<Metrics> metrics_;
+  std::shared_ptr<ModelMetrics> model_metrics_;
   std::unique_ptr<Scheduler> scheduler_;
   int64_t total_blocks_ = 0;
   uint64_t next_id_ = 1;
@@ -139,12 +141,57 @@ TEST_F(SchedulerTest, QueuedRequestsExpireOrCancelWithoutEverRunning) {
   EXPECT_EQ(Count(RequestOutcome::kCancelled), 2);
 }
 
+TEST_F(SchedulerTest, PassedDeadlineCountsAsDeadlineThoughGrpcCancelsTheCallToo) {
+  auto running = Add(absl::Seconds(10));
+  auto staying = Add();
+  auto queued = Add(absl::Seconds(10));  // max_batch_size 2: it waits
+  ASSERT_TRUE(scheduler_->Step().ok());
+  ASSERT_TRUE(scheduler_->Step().ok());
+
+  clock_.Advance(absl::Seconds(10));
+  // gRPC cancels a call when its deadline passes, so the cancel callback has run as well.
+  running->Cancel();
+  queued->Cancel();
+  ASSERT_TRUE(scheduler_->Step().ok());
+  EXPECT_EQ(scheduler_->InFlight(), 1);
+  EXPECT_EQ(Count(RequestOutcome::kDeadlineExceeded), 2);
+  EXPECT_EQ(Count(RequestOutcome::kCancelled), 0);
+}
+
+TEST_F(SchedulerTest, CancelMomentsBeforeTheDeadlineIsTheClientsDeadline) {
+  auto running = Add(absl::Seconds(10));
+  ASSERT_TRUE(scheduler_->Step().ok());
+  // The client's deadline timer started before the request reached the daemon, so the client
+  // cancels a little before the daemon's copy of the deadline passes.
+  clock_.Advance(absl::Seconds(10) - absl::Milliseconds(5));
+  running->Cancel();
+  ASSERT_TRUE(scheduler_->Step().ok());
+  EXPECT_EQ(scheduler_->InFlight(), 0);
+  EXPECT_EQ(Count(RequestOutcome::kDeadlineExceeded), 1);
+  EXPECT_EQ(Count(RequestOutcome::kCancelled), 0);
+}
+
+TEST_F(SchedulerTest, ClientCancelBeforeTheDeadlineCountsAsCancelled) {
+  auto running = Add(absl::Seconds(10));
+  auto staying = Add();
+  auto queued = Add(absl::Seconds(10));
+  ASSERT_TRUE(scheduler_->Step().ok());
+
+  clock_.Advance(absl::Seconds(9));
+  running->Cancel();
+  queued->Cancel();
+  ASSERT_TRUE(scheduler_->Step().ok());
+  EXPECT_EQ(scheduler_->InFlight(), 1);
+  EXPECT_EQ(Count(RequestOutcome::kCancelled), 2);
+  EXPECT_EQ(Count(RequestOutcome::kDeadlineExceeded), 0);
+}
+
 TEST_F(SchedulerTest, AbortAllEndsQueuedAndRunningAtTheNextStep) {
   Add();
   Add();
   Add();
   ASSERT_TRUE(scheduler_->Step().ok());
-  EXPECT_EQ(scheduler_->AbortAll(), 3);
+  EXPECT_EQ(scheduler_->AbortAll(absl::OkStatus()), 3);
   EXPECT_EQ(scheduler_->InFlight(), 3);  // nothing happens before the worker's next step
   ASSERT_TRUE(scheduler_->Step().ok());
   EXPECT_EQ(scheduler_->InFlight(), 0);
