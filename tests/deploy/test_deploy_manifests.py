@@ -7,7 +7,6 @@ Dockerfile. Run by scripts/test.sh; the tools come from scripts/setup.sh and tes
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import deploy_lib as d  # noqa: E402
 
+sys.path.insert(0, str(d.REPO / "tests"))
+from required_tools import find  # noqa: E402
+
 # Kubernetes versions the chart supports (Chart.yaml kubeVersion >= 1.27) and the newest schemas.
 K8S_VERSIONS = ["1.27.0", "1.37.0"]
 
 
 def run(*cmd, cwd=None):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def tool(name):
-    path = shutil.which(name)
-    assert path, f"{name} is not installed: run scripts/setup.sh"
-    return path
 
 
 @pytest.fixture(scope="module", params=sorted(d.VALUE_SETS))
@@ -234,18 +230,18 @@ def test_kserve_manifests():
 
 
 def test_promtool_check_rules():
-    result = run(tool("promtool"), "check", "rules", str(d.RULES))
+    result = run(find("promtool"), "check", "rules", str(d.RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_test_rules():
-    result = run(tool("promtool"), "test", "rules", "kbitd-rules.test.yml", cwd=d.RULES.parent)
+    result = run(find("promtool"), "test", "rules", "kbitd-rules.test.yml", cwd=d.RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_promtool_check_config():
-    result = run(tool("promtool"), "check", "config", "prometheus.yml", cwd=d.RULES.parent)
+    result = run(find("promtool"), "check", "config", "prometheus.yml", cwd=d.RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -264,7 +260,7 @@ def test_every_query_parses_with_promtool(tmp_path):
              for i, (_, expr) in enumerate(d.promql_expressions())]
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
-    result = run(tool("promtool"), "check", "rules", str(path))
+    result = run(find("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -298,7 +294,7 @@ def test_dashboard_structure():
 
 
 def test_hadolint():
-    result = run(tool("hadolint"), str(d.DOCKERFILE))
+    result = run(find("hadolint"), str(d.DOCKERFILE))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
