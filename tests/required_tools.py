@@ -18,8 +18,9 @@ TOOLS = {
     "promtool": ("apt", "prometheus"),
     "prometheus": ("apt", "prometheus"),
     "openssl": ("apt", "openssl"),
-    # scripts/test.sh: the build, ctest and the libFuzzer run.
+    # scripts/test.sh: the build, ctest and the libFuzzer run (the version tests run cmake and git).
     "cmake": ("apt", "cmake"),
+    "git": ("apt", "git"),
     "ctest": ("apt", "cmake"),
     "clang": ("apt", "clang"),
     "clang++": ("apt", "clang"),

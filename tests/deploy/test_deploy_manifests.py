@@ -328,3 +328,18 @@ def test_dockerfile_matches_the_tree():
     assert re.search(r"^USER 10001:10001$", text, re.M)
     for label in ["title", "description", "version", "revision", "licenses"]:
         assert f"org.opencontainers.image.{label}=" in text, label
+
+
+def test_image_binaries_report_the_build_args_version():
+    """The build stage hands VERSION and REVISION to CMake (the context has no .git for `git
+    rev-parse`), and the version CMake falls back to is the chart's appVersion."""
+    text = d.DOCKERFILE.read_text()
+    build_stage = text.split("\nFROM ")[1]
+    assert re.search(r'-DKBITD_VERSION="\$\{VERSION\}" -DKBITD_REVISION="\$\{REVISION\}"',
+                     build_stage)
+    assert re.search(r"^ARG VERSION", build_stage, re.M)
+    assert re.search(r"^ARG REVISION", build_stage, re.M)
+    project = re.search(r"^project\(kbitd VERSION ([0-9.]+)",
+                        (d.REPO / "CMakeLists.txt").read_text(), re.M)
+    chart = yaml.safe_load((d.CHART / "Chart.yaml").read_text())
+    assert project and project.group(1) == chart["appVersion"]
