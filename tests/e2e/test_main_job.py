@@ -47,7 +47,12 @@ class RunSh:
                                       "--listen_address=127.0.0.1:0",
                                       "--metrics_address=127.0.0.1:0"],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                     # As from a terminal: SIGINT not ignored, even when these
+                                     # tests run in a background job (a shell cannot trap a
+                                     # signal that was ignored when it started).
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                      signal.SIG_DFL))
         self.lines, self.queue = [], queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
