@@ -15,7 +15,9 @@
 # Inside the chroot nothing is installed by hand except what the clone itself needs (git,
 # ca-certificates); setup.sh installs the rest. Not project steps, but plumbing of a chroot: the
 # host's resolv.conf and its locally added CA certificates (a TLS-intercepting egress proxy needs
-# them), and a policy-rc.d that keeps package scripts from starting services (prometheus) in it.
+# them), the /etc/hosts every installed Debian has (debootstrap writes none, and gRPC's resolver
+# then asks DNS for "localhost"), and a policy-rc.d that keeps package scripts from starting
+# services (prometheus) in it.
 # The test command runs with a clean environment (no host PATH or Python) at nice NICE.
 set -euo pipefail
 REPO=$(cd "${1:-$(dirname "$0")/..}" && pwd)
@@ -54,6 +56,8 @@ for m in proc sys dev dev/pts; do
   mounts+=("$ROOT/$m")
 done
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+[[ -e $ROOT/etc/hosts ]] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
+  > "$ROOT/etc/hosts"
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"
 chmod +x "$ROOT/usr/sbin/policy-rc.d"
 mkdir -p "$ROOT/usr/local/share/ca-certificates"
