@@ -22,8 +22,13 @@ COPY scripts/setup.sh scripts/setup.sh
 RUN KBITD_SETUP_PROFILE=build bash scripts/setup.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
 ARG CUDA_ARCHITECTURES="80-real;90-real;90-virtual"
+# What `kbitd --version` reports: .dockerignore leaves .git out, so the revision comes from the
+# REVISION build arg ("unknown" without it); an empty VERSION means the project() version.
+ARG VERSION=""
+ARG REVISION=""
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DKBITD_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
+      -DKBITD_VERSION="${VERSION}" -DKBITD_REVISION="${REVISION}" \
  && cmake --build build -j "$(nproc)" --target kbitd kbitctl
 # The shared libraries the two binaries need that the runtime image lacks (gRPC, protobuf, Abseil,
 # yaml-cpp, prometheus-cpp): copied next to them rather than installing -dev packages at run time.

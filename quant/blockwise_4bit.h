@@ -1,5 +1,7 @@
-// Blockwise 4-bit quantization (NF4 / FP4), bit-compatible with bitsandbytes quantize_4bit /
-// dequantize_4bit (bnb-spec §2). NF4 and FP4 are one templated path differing only in the code
+// Blockwise 4-bit quantization (NF4 / FP4) in the format of bitsandbytes quantize_4bit /
+// dequantize_4bit (bnb-spec §2): dequantization bit for bit; quantization gives bnb's codes except
+// at exact rounding ties, where bnb's fast-math reciprocal rounds differently (quant/encode.h,
+// docs/quantization.md). NF4 and FP4 are one templated path differing only in the code
 // book. Element k is the k-th element of the row-major flattening; blocks never look at the shape.
 #pragma once
 

@@ -64,7 +64,8 @@ absl::StatusOr<QuantState> QuantizeToState(const void* data, ScalarType dtype,
                                            std::vector<int64_t> shape,
                                            const QuantizeOptions& options);
 
-// "<p>.weight.quant_state.bitsandbytes__nf4" JSON text, byte-identical to bnb's json.dumps.
+// "<p>.weight.quant_state.bitsandbytes__nf4" JSON text, byte-identical to bnb's json.dumps of the
+// same state (a double-quant offset that kbitd computed may be 1 ulp from bnb's own).
 absl::StatusOr<std::string> QuantStateJson(const QuantState& state);
 
 // The state-dict tensors bnb writes for `state` under `prefix`, in bnb's key order (without bias).

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything kbitd needs to build and test on a fresh Debian 12 (run as root, or with sudo
 # available). Idempotent. The CUDA toolkit is optional: with nvcc on PATH the CUDA backend is built.
+# `bash scripts/setup.sh --print-packages` prints the Debian packages it installs and exits
+# (tests/scripts/test_setup.py checks that every program the tests run comes from one of them or
+# from the virtual environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,14 +17,20 @@ BUILD_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libgmock-dev googletest
 )
+# What the tests add: clang and its libFuzzer runtime (the fuzz run), Prometheus and promtool,
+# openssl (test certificates for the TLS tests), Python for pytest.
 APT_PACKAGES=(
   "${BUILD_PACKAGES[@]}"
   clang libclang-rt-14-dev
-  prometheus
+  prometheus openssl
   python3 python3-pip python3-venv
 )
 PROFILE=${KBITD_SETUP_PROFILE:-all}
 if [[ $PROFILE == build ]]; then APT_PACKAGES=("${BUILD_PACKAGES[@]}"); fi
+if [[ ${1:-} == --print-packages ]]; then
+  printf '%s\n' "${APT_PACKAGES[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

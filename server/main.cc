@@ -1,6 +1,4 @@
-// kbitd: serves k-bit quantized LLMs over gRPC. Usage:
-//   kbitd [--config kbitd.yaml] [--listen_address host:port] [--tls_cert_file F --tls_key_file F]
-//         [--set limits.max_queue=64 ...]
+// kbitd: serves k-bit quantized LLMs over gRPC. Usage: kUsage below (`kbitd --help`).
 // Prints the bound ports ("kbitd: listening on HOST:PORT") and drains on SIGTERM / SIGINT.
 #include <signal.h>
 
@@ -12,6 +10,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/version.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -28,7 +27,40 @@ ABSL_FLAG(std::vector<std::string>, set, {},
 
 namespace {
 
+constexpr char kUsage[] =
+    "kbitd: serves k-bit quantized LLMs (bitsandbytes NF4/FP4, 8-bit, LLM.int8()) over gRPC.\n"
+    "Loads Hugging Face checkpoints and quantizes them on load, or loads pre-quantized ones; the\n"
+    "API is proto/kbitd/v1 (ModelService, InferenceService, grpc.health.v1), Prometheus metrics\n"
+    "are served on /metrics. With neither models nor model_root configured it serves the\n"
+    "bundled model as \"default\". Drains and stops on SIGTERM or SIGINT.\n"
+    "\n"
+    "usage: kbitd [--config kbitd.yaml] [flags]\n"
+    "\n"
+    "flags (each overrides the field of kbitd.yaml, schema kbitd.v1.Config in config.proto):\n"
+    "  --config FILE            kbitd.yaml to read (optional: flags alone may configure)\n"
+    "  --listen_address H:P     gRPC address (default 0.0.0.0:50051; port 0 = any free port)\n"
+    "  --metrics_address H:P    Prometheus /metrics address (default 0.0.0.0:9400; off = none)\n"
+    "  --model_root DIR         folder that model paths are relative to\n"
+    "  --admin_token TOKEN      allows the admin RPCs (load, unload, export)\n"
+    "  --tls_cert_file F, --tls_key_file F   serve TLS (PEM)\n"
+    "  --set K=V,...            any config field, e.g. limits.max_queue=64,log_level=debug\n"
+    "  --version                print the version and the git revision, then exit\n"
+    "  --helpfull               every flag, Abseil's included\n"
+    "\n"
+    "examples:\n"
+    "  kbitd --listen_address 127.0.0.1:50051     # the bundled model, as \"default\"\n"
+    "  kbitd --config kbitd.yaml --admin_token $TOKEN, with kbitd.yaml:\n"
+    "      model_root: /srv/models\n"
+    "      models:\n"
+    "        - name: llama-nf4\n"
+    "          path: llama\n"
+    "          quantization: {load_in_4bit: true, bnb_4bit_quant_type: nf4}\n"
+    "  kbitctl generate llama-nf4 \"def fibonacci(n):\" --max_new_tokens 64\n";
+
 int Run(int argc, char** argv) {
+  if (int status = kbitd::HandleHelpAndVersion(argc, argv, "kbitd", kUsage); status >= 0) {
+    return status;
+  }
   absl::ParseCommandLine(argc, argv);
   kbitd::server::ConfigBuilder builder;
   const std::string config_path = absl::GetFlag(FLAGS_config);

@@ -7,7 +7,6 @@ Dockerfile. Run by scripts/test.sh; the tools come from scripts/setup.sh and tes
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import deploy_lib as d  # noqa: E402
 
+sys.path.insert(0, str(d.REPO / "tests"))
+from required_tools import find  # noqa: E402
+
 # Kubernetes versions the chart supports (Chart.yaml kubeVersion >= 1.27) and the newest schemas.
 K8S_VERSIONS = ["1.27.0", "1.37.0"]
 
 
 def run(*cmd, cwd=None):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def tool(name):
-    path = shutil.which(name)
-    assert path, f"{name} is not installed: run scripts/setup.sh"
-    return path
 
 
 @pytest.fixture(scope="module", params=sorted(d.VALUE_SETS))
@@ -236,18 +232,18 @@ def test_kserve_manifests():
 
 
 def test_promtool_check_rules():
-    result = run(tool("promtool"), "check", "rules", str(d.RULES))
+    result = run(find("promtool"), "check", "rules", str(d.RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_test_rules():
-    result = run(tool("promtool"), "test", "rules", "kbitd-rules.test.yml", cwd=d.RULES.parent)
+    result = run(find("promtool"), "test", "rules", "kbitd-rules.test.yml", cwd=d.RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_promtool_check_config():
-    result = run(tool("promtool"), "check", "config", "prometheus.yml", cwd=d.RULES.parent)
+    result = run(find("promtool"), "check", "config", "prometheus.yml", cwd=d.RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -266,7 +262,7 @@ def test_every_query_parses_with_promtool(tmp_path):
              for i, (_, expr) in enumerate(d.promql_expressions())]
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
-    result = run(tool("promtool"), "check", "rules", str(path))
+    result = run(find("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -300,7 +296,7 @@ def test_dashboard_structure():
 
 
 def test_hadolint():
-    result = run(tool("hadolint"), str(d.DOCKERFILE))
+    result = run(find("hadolint"), str(d.DOCKERFILE))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -334,3 +330,18 @@ def test_dockerfile_matches_the_tree():
     assert re.search(r"^USER 10001:10001$", text, re.M)
     for label in ["title", "description", "version", "revision", "licenses"]:
         assert f"org.opencontainers.image.{label}=" in text, label
+
+
+def test_image_binaries_report_the_build_args_version():
+    """The build stage hands VERSION and REVISION to CMake (the context has no .git for `git
+    rev-parse`), and the version CMake falls back to is the chart's appVersion."""
+    text = d.DOCKERFILE.read_text()
+    build_stage = text.split("\nFROM ")[1]
+    assert re.search(r'-DKBITD_VERSION="\$\{VERSION\}" -DKBITD_REVISION="\$\{REVISION\}"',
+                     build_stage)
+    assert re.search(r"^ARG VERSION", build_stage, re.M)
+    assert re.search(r"^ARG REVISION", build_stage, re.M)
+    project = re.search(r"^project\(kbitd VERSION ([0-9.]+)",
+                        (d.REPO / "CMakeLists.txt").read_text(), re.M)
+    chart = yaml.safe_load((d.CHART / "Chart.yaml").read_text())
+    assert project and project.group(1) == chart["appVersion"]

@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "deploy"))
 import deploy_lib as d  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tests"))
+from required_tools import find  # noqa: E402
+
 BUILD = d.env_path("KBITD_BUILD_DIR", REPO / "build")
 if not BUILD.is_absolute():
     BUILD = REPO / BUILD
@@ -220,9 +223,7 @@ def test_real_prometheus_evaluates_rules_and_dashboard(chart_daemon, tmp_path):
     """Debian's Prometheus scrapes the live daemon with deploy/'s rules loaded: the recording rules
     produce series, no alert fires on a healthy daemon, and every dashboard panel query returns
     data."""
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus is not installed (scripts/setup.sh installs it)")
+    prometheus = find("prometheus")
     daemon, _ = chart_daemon
     daemon.wait_serving("default")
     shutil.copy(d.RULES, tmp_path / d.RULES.name)
@@ -274,9 +275,7 @@ def test_real_prometheus_evaluates_rules_and_dashboard(chart_daemon, tmp_path):
 def test_chart_tls_config_and_exec_probes(tmp_path):
     """With tls.enabled the chart's kbitd.yaml turns TLS on and the probes become `kbitctl health`
     commands in the pod: run exactly those against kbitd serving a certificate for localhost."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    openssl = find("openssl")
     tls = tmp_path / "tls"
     tls.mkdir()
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

@@ -3,10 +3,10 @@
 import concurrent.futures
 import json
 import re
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,8 +15,11 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import Daemon, requires_kbitd
+from conftest import REPO, Daemon, requires_kbitd
 from test_generate import generate
+
+sys.path.insert(0, str(REPO / "tests"))
+from required_tools import find  # noqa: E402
 
 pytestmark = requires_kbitd
 
@@ -58,7 +61,7 @@ def test_prometheus_scrapes_and_promtool_passes(daemon, tmp_path):
     for _ in range(3):
         generate(daemon, "def f():", max_new_tokens=4)
     exposition = scrape(daemon)
-    lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
+    lint = subprocess.run([find("promtool"), "check", "metrics"], input=exposition, capture_output=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
     port = free_port()
@@ -66,7 +69,7 @@ def test_prometheus_scrapes_and_promtool_passes(daemon, tmp_path):
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kbitd\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{daemon.metrics_port}']\n")
     prometheus = subprocess.Popen(
-        [shutil.which("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+        [find("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -165,7 +168,7 @@ def test_sigterm_ends_streams_outlasting_the_grace_with_unavailable(model_root, 
 
 def test_tls_serves_tls_clients_only(model_root, pb, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    subprocess.run([find("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     d = Daemon(model_root, pb, models=(),

@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/create_channel.h"
+#include "common/version.h"
 #include "grpcpp/security/credentials.h"
 #include "tools/kbitctl/commands.h"
 
@@ -23,8 +24,32 @@ ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle: connect with TLS and verify t
 ABSL_FLAG(double, timeout, 0, "deadline of the call in seconds (0 = none)");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      absl::StrCat("kbitctl [flags] COMMAND ARGS...\ncommands:\n", kbitd::kbitctl::CommandHelp()));
+  const std::string usage = absl::StrCat(
+      "kbitctl: command-line client of kbitd: one command per gRPC method of proto/kbitd/v1\n"
+      "(ModelService, InferenceService) and grpc.health.v1. Generated text streams to stdout,\n"
+      "the usage line (finish reason, tokens, time to first token, tokens/s) goes to stderr.\n"
+      "\n"
+      "usage: kbitctl [flags] COMMAND ARGS...\n"
+      "commands:\n",
+      kbitd::kbitctl::CommandHelp(),
+      "\n"
+      "main flags:\n"
+      "  --address H:P        kbitd's gRPC address (default localhost:50051)\n"
+      "  --admin_token T      for load, unload, export (default: $KBITD_ADMIN_TOKEN)\n"
+      "  --tls_ca FILE        connect with TLS, verifying the server against this PEM bundle\n"
+      "  --timeout SECONDS    deadline of the call (default none)\n"
+      "  --version            print the version and the git revision, then exit\n"
+      "  --helpfull           every flag, those of each command included (--max_new_tokens,\n"
+      "                       --temperature, --load_in_4bit, ...)\n"
+      "\n"
+      "examples:\n"
+      "  kbitctl list\n"
+      "  kbitctl generate default \"def fibonacci(n):\" --max_new_tokens 64 --temperature 0\n"
+      "  kbitctl --admin_token $TOKEN --load_in_4bit --bnb_4bit_quant_type nf4 \\\n"
+      "      load default-nf4 default\n");
+  if (int status = kbitd::HandleHelpAndVersion(argc, argv, "kbitctl", usage); status >= 0) {
+    return status;
+  }
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() < 2) {
     std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());

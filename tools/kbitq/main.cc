@@ -6,6 +6,7 @@
 //   kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]
 //   kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]
 //         [--compute-dtype bf16|fp16|fp32] [--window N] [--threads N] [--json FILE] [--quiet]
+//   kbitq --help | --version
 // Exit status: 0 success, 1 conversion error (message names the file/tensor), 2 usage error.
 #include <signal.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
+#include "common/version.h"
 #include "runtime/convert/dequantize_checkpoint.h"
 #include "runtime/convert/inspect_checkpoint.h"
 #include "runtime/convert/quantize_checkpoint.h"
@@ -33,6 +35,11 @@ namespace kbitd::runtime {
 namespace {
 
 constexpr char kUsage[] =
+    "kbitq: converts Hugging Face checkpoints offline to and from the formats bitsandbytes saves\n"
+    "(NF4/FP4 blockwise 4-bit, optionally double-quantized, and LLM.int8()), inspects them, and\n"
+    "compares the held-out perplexity of each format. The output loads in transformers with\n"
+    "bitsandbytes and in kbitd. Exit status: 0 done, 1 conversion error, 2 usage error.\n"
+    "\n"
     "usage:\n"
     "  kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]\n"
     "        [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]\n"
@@ -40,7 +47,15 @@ constexpr char kUsage[] =
     "  kbitq inspect DIR [--json]\n"
     "  kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]\n"
     "  kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]\n"
-    "        [--compute-dtype bf16|fp16|fp32] [--window N] [--threads N] [--json FILE] [--quiet]\n";
+    "        [--compute-dtype bf16|fp16|fp32] [--window N] [--threads N] [--json FILE] [--quiet]\n"
+    "  kbitq --help | --version\n"
+    "\n"
+    "examples:\n"
+    "  kbitq quantize --in models/default --out /tmp/default-nf4 --type nf4 --double-quant\n"
+    "  kbitq inspect /tmp/default-nf4\n"
+    "  kbitq eval --model models/default --text models/default/heldout.txt --type none,nf4,int8\n"
+    "\n"
+    "docs/kbitq.md has the details.\n";
 
 struct Args {
   std::string command;
@@ -261,8 +276,9 @@ absl::Status Inspect(const Args& args) {
 }
 
 int Main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
-    std::cerr << kUsage;
+  if (int status = HandleHelpAndVersion(argc, argv, "kbitq", kUsage); status >= 0) return status;
+  if (argc < 2 || std::string(argv[1]) == "help") {
+    (argc < 2 ? std::cerr : std::cout) << kUsage;
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
