@@ -42,7 +42,8 @@ void DescribeModel(const runtime::Model& model, const runtime::Engine& engine,
   const int64_t fp16 = model.fp16_equivalent_bytes();
   info->set_weight_bytes(weights);
   info->set_fp16_weight_bytes(fp16);
-  info->set_saved_bytes(fp16 - weights);
+  // The same definition as kbitd_quantization_saved_bytes, so the API and the metric agree.
+  info->set_saved_bytes(QuantizationSavedBytes(model));
   if (model.parameter_count() > 0) {
     info->set_bits_per_parameter(8.0 * weights / model.parameter_count());
   }

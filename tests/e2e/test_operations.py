@@ -265,6 +265,8 @@ def test_quantization_saved_bytes_count_the_quantized_linears_only(daemon, pb):
                             metadata=daemon.admin(), timeout=120)
     try:
         assert gauge(daemon, "kbitd_quantization_saved_bytes", "saved-nf4") == expected > 0
+        info = daemon.models.GetModel(pb.model.GetModelRequest(name="saved-nf4"))
+        assert info.saved_bytes == expected  # ModelInfo and the metric agree
     finally:
         daemon.models.UnloadModel(pb.model.UnloadModelRequest(name="saved-nf4"),
                                   metadata=daemon.admin(), timeout=60)
