@@ -95,7 +95,4 @@ absl::StatusOr<JsonValue> ParseJson(std::string_view text, const JsonParseOption
 // "1e-05" exponents), which is what json.dumps writes for floats.
 std::string FormatPythonFloat(double value);
 
-// Validates UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
-bool IsValidUtf8(std::string_view text);
-
 }  // namespace kbitd

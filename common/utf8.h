@@ -18,6 +18,9 @@ int Utf8SequenceLength(std::string_view text, size_t pos);
 // Byte offset of the first ill-formed sequence, or nullopt when text is valid UTF-8.
 std::optional<size_t> FindInvalidUtf8(std::string_view text);
 
+// Well-formed UTF-8: no overlong forms, surrogates or code points past U+10FFFF (RFC 3629).
+inline bool IsValidUtf8(std::string_view text) { return !FindInvalidUtf8(text).has_value(); }
+
 // Decodes the code point at text[pos] and advances pos. text must be valid UTF-8.
 char32_t DecodeUtf8(std::string_view text, size_t& pos);
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/json.h"
+#include "common/utf8.h"
 #include "common/status_macros.h"
 
 namespace kbitd::runtime {
