@@ -1,5 +1,5 @@
-// The kernels one device runs. The transformer forward (llama_model.h) is written once against
-// this interface; the CPU backend (cpu_backend.h) implements it now and a CUDA backend slots in
+// The kernels one device runs. The transformer forward (llama_forward.h) is written once against
+// this interface; the CPU backend (cpu/cpu_backend.h) implements it now and a CUDA backend slots in
 // later. Activations are float32 2-D tensors [tokens, features] on the backend's device; weights
 // come from ModelWeights in their stored (possibly quantized) formats.
 #pragma once

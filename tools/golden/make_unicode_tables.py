@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Generates runtime/tokenizer/unicode/unicode_tables.cc: Unicode general categories as sorted code point ranges,
-and the canonical normalization data NFC needs (combining classes, full canonical
+"""Generates runtime/tokenizer/unicode/unicode_tables.cc: Unicode general categories as sorted code
+point ranges, and the canonical normalization data NFC needs (combining classes, full canonical
 decompositions, primary composites; Hangul syllables are algorithmic and left out).
 
 Hugging Face `tokenizers` matches its split regexes with Oniguruma, whose tables are Unicode 16.0,
@@ -89,8 +89,8 @@ def verify():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--verify", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                      "runtime", "unicode_tables.cc"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "runtime",
+                                                      "tokenizer", "unicode", "unicode_tables.cc"))
     args = parser.parse_args()
     if unicodedata.unidata_version != UNICODE_VERSION:
         sys.exit(f"need unicodedata2 {UNICODE_VERSION}, have {unicodedata.unidata_version}")
