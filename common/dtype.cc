@@ -47,7 +47,8 @@ absl::StatusOr<ScalarType> ScalarTypeFromSafetensorsName(std::string_view name) 
   for (const auto& entry : kDtypes) {
     if (entry.safetensors == name) return entry.type;
   }
-  return absl::InvalidArgumentError(absl::StrCat("unsupported safetensors dtype \"", std::string(name), "\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported safetensors dtype \"", std::string(name), "\""));
 }
 
 absl::StatusOr<ScalarType> ScalarTypeFromTorchName(std::string_view name) {

@@ -45,7 +45,9 @@ inline float FloatFromBits(uint32_t bits) {
   return value;
 }
 
-inline float BFloat16ToFloat(uint16_t bits) { return FloatFromBits(static_cast<uint32_t>(bits) << 16); }
+inline float BFloat16ToFloat(uint16_t bits) {
+  return FloatFromBits(static_cast<uint32_t>(bits) << 16);
+}
 
 // Round-to-nearest-even, NaN kept quiet (as torch and CUDA's __float2bfloat16_rn do).
 inline uint16_t FloatToBFloat16(float value) {
@@ -62,20 +64,31 @@ uint16_t FloatToHalf(float value);
 // Reads element `index` of a float16/bfloat16/float32 buffer as float32.
 inline float LoadAsFloat(const void* data, ScalarType type, size_t index) {
   switch (type) {
-    case ScalarType::kFloat32: return static_cast<const float*>(data)[index];
-    case ScalarType::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(data)[index]);
-    case ScalarType::kBFloat16: return BFloat16ToFloat(static_cast<const uint16_t*>(data)[index]);
-    default: return 0.0f;
+    case ScalarType::kFloat32:
+      return static_cast<const float*>(data)[index];
+    case ScalarType::kFloat16:
+      return HalfToFloat(static_cast<const uint16_t*>(data)[index]);
+    case ScalarType::kBFloat16:
+      return BFloat16ToFloat(static_cast<const uint16_t*>(data)[index]);
+    default:
+      return 0.0f;
   }
 }
 
 // Writes float32 `value` rounded (RNE) to element `index` of a float16/bfloat16/float32 buffer.
 inline void StoreFromFloat(void* data, ScalarType type, size_t index, float value) {
   switch (type) {
-    case ScalarType::kFloat32: static_cast<float*>(data)[index] = value; break;
-    case ScalarType::kFloat16: static_cast<uint16_t*>(data)[index] = FloatToHalf(value); break;
-    case ScalarType::kBFloat16: static_cast<uint16_t*>(data)[index] = FloatToBFloat16(value); break;
-    default: break;
+    case ScalarType::kFloat32:
+      static_cast<float*>(data)[index] = value;
+      break;
+    case ScalarType::kFloat16:
+      static_cast<uint16_t*>(data)[index] = FloatToHalf(value);
+      break;
+    case ScalarType::kBFloat16:
+      static_cast<uint16_t*>(data)[index] = FloatToBFloat16(value);
+      break;
+    default:
+      break;
   }
 }
 

@@ -1,10 +1,10 @@
 #include "common/json.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
-#include <cctype>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -77,36 +77,44 @@ void JsonValue::Set(std::string key, JsonValue value) {
 
 absl::StatusOr<int64_t> JsonValue::GetInteger(std::string_view key) const {
   const JsonValue* v = Find(key);
-  if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
+  if (v == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
   if (!v->is_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", std::string(key), "\" must be an integer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key \"", std::string(key), "\" must be an integer"));
   }
   return v->integer_value();
 }
 
 absl::StatusOr<double> JsonValue::GetNumber(std::string_view key) const {
   const JsonValue* v = Find(key);
-  if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
+  if (v == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
   if (!v->is_number()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", std::string(key), "\" must be a number"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key \"", std::string(key), "\" must be a number"));
   }
   return v->number_value();
 }
 
 absl::StatusOr<std::string> JsonValue::GetString(std::string_view key) const {
   const JsonValue* v = Find(key);
-  if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
+  if (v == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
   if (!v->is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", std::string(key), "\" must be a string"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key \"", std::string(key), "\" must be a string"));
   }
   return v->string_value();
 }
 
 absl::StatusOr<bool> JsonValue::GetBool(std::string_view key) const {
   const JsonValue* v = Find(key);
-  if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
+  if (v == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat("missing key \"", std::string(key), "\""));
   if (!v->is_bool()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", std::string(key), "\" must be true or false"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key \"", std::string(key), "\" must be true or false"));
   }
   return v->bool_value();
 }
@@ -244,7 +252,8 @@ class Parser {
     if (is_integer) {
       int64_t integer = 0;
       auto [iptr, iec] = std::from_chars(token.data(), token.data() + token.size(), integer);
-      if (iec == std::errc() && iptr == token.data() + token.size()) out = JsonValue::Integer(integer);
+      if (iec == std::errc() && iptr == token.data() + token.size())
+        out = JsonValue::Integer(integer);
     }
     return true;
   }
@@ -258,9 +267,12 @@ class Parser {
     for (int i = 0; i < 4; ++i) {
       char h = text_[pos_ + i];
       code <<= 4;
-      if (h >= '0' && h <= '9') code |= h - '0';
-      else if (h >= 'a' && h <= 'f') code |= h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') code |= h - 'A' + 10;
+      if (h >= '0' && h <= '9')
+        code |= h - '0';
+      else if (h >= 'a' && h <= 'f')
+        code |= h - 'a' + 10;
+      else if (h >= 'A' && h <= 'F')
+        code |= h - 'A' + 10;
       else {
         Fail("invalid \\u escape");
         return false;
@@ -300,14 +312,30 @@ class Parser {
       }
       char e = text_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           uint32_t code;
           if (!ParseHex4(code)) return false;
@@ -491,8 +519,12 @@ void WriteValue(const JsonValue& v, const JsonValue::WriteOptions& options, int 
     out.append(static_cast<size_t>(options.indent * lvl), ' ');
   };
   switch (v.kind()) {
-    case JsonValue::Kind::kNull: out += "null"; break;
-    case JsonValue::Kind::kBool: out += v.bool_value() ? "true" : "false"; break;
+    case JsonValue::Kind::kNull:
+      out += "null";
+      break;
+    case JsonValue::Kind::kBool:
+      out += v.bool_value() ? "true" : "false";
+      break;
     case JsonValue::Kind::kNumber:
       if (v.is_integer()) {
         out += std::to_string(v.integer_value());
@@ -500,7 +532,9 @@ void WriteValue(const JsonValue& v, const JsonValue::WriteOptions& options, int 
         out += FormatPythonFloat(v.number_value());
       }
       break;
-    case JsonValue::Kind::kString: WriteString(v.string_value(), out); break;
+    case JsonValue::Kind::kString:
+      WriteString(v.string_value(), out);
+      break;
     case JsonValue::Kind::kArray: {
       if (v.array().empty()) {
         out += "[]";
@@ -561,8 +595,8 @@ std::string FormatPythonFloat(double value) {
   if (std::isinf(value)) return value > 0 ? "Infinity" : "-Infinity";
   if (value == 0) return std::signbit(value) ? "-0.0" : "0.0";
   char buffer[64];
-  auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value,
-                                 std::chars_format::scientific);
+  auto [end, ec] =
+      std::to_chars(buffer, buffer + sizeof(buffer), value, std::chars_format::scientific);
   std::string sci(buffer, end);  // e.g. "-1.2345e-05"
   bool negative = sci[0] == '-';
   if (negative) sci.erase(0, 1);

@@ -18,7 +18,8 @@ namespace internal {
 // Collects one log line and emits it on destruction.
 class LogMessage {
  public:
-  LogMessage(LogLevel level, const char* file, int line) : level_(level), file_(file), line_(line) {}
+  LogMessage(LogLevel level, const char* file, int line)
+      : level_(level), file_(file), line_(line) {}
   ~LogMessage() { EmitLogLine(level_, file_, line_, stream_.str()); }
   std::ostream& stream() { return stream_; }
 
@@ -31,7 +32,7 @@ class LogMessage {
 }  // namespace internal
 }  // namespace kbitd
 
-#define KBITD_LOG(level)                                                           \
-  if (::kbitd::LogLevel::k##level < ::kbitd::MinLogLevel()) {                      \
-  } else                                                                           \
+#define KBITD_LOG(level)                                      \
+  if (::kbitd::LogLevel::k##level < ::kbitd::MinLogLevel()) { \
+  } else                                                      \
     ::kbitd::internal::LogMessage(::kbitd::LogLevel::k##level, __FILE__, __LINE__).stream()

@@ -16,8 +16,8 @@ namespace kbitd::runtime {
 
 // Where each token of a flattened batch sits: its sequence's block table and its position.
 struct AttentionBatch {
-  std::vector<int32_t> positions;                      // [tokens]
-  std::vector<const std::vector<int32_t>*> tables;     // [tokens] block table of its sequence
+  std::vector<int32_t> positions;                   // [tokens]
+  std::vector<const std::vector<int32_t>*> tables;  // [tokens] block table of its sequence
 };
 
 class Backend {

@@ -17,9 +17,9 @@ struct Engine::Impl {
   struct Sequence {
     std::vector<int32_t> tokens;  // prompt followed by sampled tokens
     int32_t prompt_length = 0;
-    int32_t processed = 0;        // tokens whose K/V are in the cache
+    int32_t processed = 0;  // tokens whose K/V are in the cache
     SamplingParams params;
-    uint64_t sampled = 0;         // RNG counter: tokens sampled so far
+    uint64_t sampled = 0;  // RNG counter: tokens sampled so far
     std::vector<float> last_logits;
   };
 
@@ -56,9 +56,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   if (c.sliding_window.has_value()) max_context = std::min(max_context, *c.sliding_window);
   if (options.max_context > 0) {
     if (options.max_context > max_context) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "engine max_context ", options.max_context, " exceeds the model's limit ", max_context,
-          " (max_position_embeddings / sliding_window)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("engine max_context ", options.max_context, " exceeds the model's limit ",
+                       max_context, " (max_position_embeddings / sliding_window)"));
     }
     max_context = options.max_context;
   }
@@ -101,16 +101,16 @@ absl::Status Engine::AddSequence(uint64_t id, std::vector<int32_t> prompt_tokens
     return absl::InvalidArgumentError(absl::StrCat("sequence ", id, ": prompt is empty"));
   }
   if (static_cast<int64_t>(prompt_tokens.size()) > impl_->max_context) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sequence ", id, ": prompt of ", prompt_tokens.size(),
-        " tokens is longer than the context of ", impl_->max_context, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence ", id, ": prompt of ", prompt_tokens.size(),
+                     " tokens is longer than the context of ", impl_->max_context, " tokens"));
   }
   const int64_t vocab = impl_->model->config().vocab_size;
   for (size_t i = 0; i < prompt_tokens.size(); ++i) {
     if (prompt_tokens[i] < 0 || prompt_tokens[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", id, ": token ", prompt_tokens[i],
-                                                     " at index ", i, " is outside the vocabulary [0, ",
-                                                     vocab, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", id, ": token ", prompt_tokens[i], " at index ", i,
+                       " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
   KBITD_RETURN_IF_ERROR(ValidateSamplingParams(params));
@@ -163,9 +163,9 @@ absl::StatusOr<std::vector<SampledToken>> Engine::Step(const std::vector<Sequenc
     const Impl::Sequence& seq = it->second;
     const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.processed;
     if (item.num_tokens < 1 || item.num_tokens > pending) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Step: sequence ", item.sequence_id, " asks for ", item.num_tokens, " tokens but has ",
-          pending, " unprocessed"));
+      return absl::InvalidArgumentError(absl::StrCat("Step: sequence ", item.sequence_id,
+                                                     " asks for ", item.num_tokens,
+                                                     " tokens but has ", pending, " unprocessed"));
     }
     if (seq.processed + item.num_tokens > impl_->max_context) {
       return absl::InvalidArgumentError(absl::StrCat("Step: sequence ", item.sequence_id,
@@ -186,8 +186,7 @@ absl::StatusOr<std::vector<SampledToken>> Engine::Step(const std::vector<Sequenc
   std::vector<uint64_t> sampled_ids;
   for (const SequenceWork& item : work) {
     Impl::Sequence& seq = impl_->sequences.at(item.sequence_id);
-    KBITD_RETURN_IF_ERROR(
-        impl_->cache->Reserve(item.sequence_id, seq.processed + item.num_tokens));
+    KBITD_RETURN_IF_ERROR(impl_->cache->Reserve(item.sequence_id, seq.processed + item.num_tokens));
     const std::vector<int32_t>* table = impl_->cache->BlockTable(item.sequence_id);
     for (int32_t i = 0; i < item.num_tokens; ++i) {
       batch.tokens.push_back(seq.tokens[seq.processed + i]);

@@ -45,10 +45,10 @@ int64_t KvCache::AdditionalBlocksNeeded(uint64_t sequence, int64_t tokens) const
 absl::Status KvCache::Reserve(uint64_t sequence, int64_t tokens) {
   int64_t extra = AdditionalBlocksNeeded(sequence, tokens);
   if (extra > num_free_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "KV cache: sequence ", sequence, " needs ", extra, " more blocks of ", block_size(),
-        " tokens for ", tokens, " tokens but only ", num_free_blocks(), " of ", num_blocks(),
-        " are free"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: sequence ", sequence, " needs ", extra, " more blocks of ",
+                     block_size(), " tokens for ", tokens, " tokens but only ", num_free_blocks(),
+                     " of ", num_blocks(), " are free"));
   }
   std::vector<int32_t>& table = tables_[sequence];
   for (int64_t i = 0; i < extra; ++i) {

@@ -27,8 +27,8 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
       if (wavelen > low_wavelen) {
         f = static_cast<float>(f / s.factor);
       } else if (wavelen >= high_wavelen) {  // medium band: smooth interpolation
-        double smooth = (old_len / wavelen - s.low_freq_factor) /
-                        (s.high_freq_factor - s.low_freq_factor);
+        double smooth =
+            (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         f = static_cast<float>((1 - smooth) * f / s.factor + smooth * f);
       }
     }
@@ -74,9 +74,9 @@ absl::Status LlamaForward::EnsureWorkspace(int64_t tokens, int64_t rows) {
   int64_t t = std::max(tokens, capacity_tokens_), r = std::max(rows, capacity_rows_);
   Layout layout = MakeLayout(model_.config(), t, r);
   workspace_.Reset();
-  KBITD_ASSIGN_OR_RETURN(workspace_, model_.host_pool()->Allocate(layout.total * sizeof(float),
-                                                                  MemoryCategory::kWorkspace,
-                                                                  model_.name()));
+  KBITD_ASSIGN_OR_RETURN(workspace_,
+                         model_.host_pool()->Allocate(layout.total * sizeof(float),
+                                                      MemoryCategory::kWorkspace, model_.name()));
   capacity_tokens_ = t;
   capacity_rows_ = r;
   return absl::OkStatus();

@@ -189,8 +189,9 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
 }
 
 // A Linear4bit / Linear8bitLt module saved by transformers + bitsandbytes or kbitq (bnb-spec §5.2,
-// §6.3). Its state is read and validated by quant::FromStateDict through runtime/checkpoint/bnb_checkpoint.h,
-// the parser `kbitq inspect/dequantize` use, then copied into the weights pool.
+// §6.3). Its state is read and validated by quant::FromStateDict through
+// runtime/checkpoint/bnb_checkpoint.h, the parser `kbitq inspect/dequantize` use, then copied into
+// the weights pool.
 absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, LinearWeight* w) {
   KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(ctx.checkpoint, module));
   const std::string weight = module.prefix + ".weight";

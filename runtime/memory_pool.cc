@@ -14,7 +14,8 @@ class CpuAllocator : public DeviceAllocator {
     size_t rounded = (bytes + 63) / 64 * 64;
     void* ptr = std::aligned_alloc(64, rounded);
     if (ptr == nullptr) {
-      return absl::ResourceExhaustedError(absl::StrCat("host allocation of ", bytes, " bytes failed"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("host allocation of ", bytes, " bytes failed"));
     }
     std::memset(ptr, 0, rounded);
     return ptr;
@@ -26,9 +27,12 @@ class CpuAllocator : public DeviceAllocator {
 
 const char* MemoryCategoryName(MemoryCategory category) {
   switch (category) {
-    case MemoryCategory::kWeights: return "weights";
-    case MemoryCategory::kKvCache: return "kv_cache";
-    case MemoryCategory::kWorkspace: return "workspace";
+    case MemoryCategory::kWeights:
+      return "weights";
+    case MemoryCategory::kKvCache:
+      return "kv_cache";
+    case MemoryCategory::kWorkspace:
+      return "workspace";
   }
   return "unknown";
 }
@@ -84,10 +88,10 @@ absl::StatusOr<Buffer> MemoryPool::Allocate(size_t bytes, MemoryCategory categor
   {
     absl::MutexLock lock(&mu_);
     if (max_bytes_ > 0 && used_ + static_cast<int64_t>(bytes) > max_bytes_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          device_.ToString(), " memory limit: ", owner, " needs ", bytes, " more bytes of ",
-          MemoryCategoryName(category), " but ", used_, " of max_memory ", max_bytes_,
-          " bytes are in use"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(device_.ToString(), " memory limit: ", owner, " needs ", bytes,
+                       " more bytes of ", MemoryCategoryName(category), " but ", used_,
+                       " of max_memory ", max_bytes_, " bytes are in use"));
     }
     used_ += bytes;  // reserve before allocating so concurrent loaders cannot overshoot
     by_category_[static_cast<int>(category)] += bytes;

@@ -55,7 +55,9 @@ class Buffer {
 
   void* data() const { return data_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(data_); }
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
   size_t size() const { return bytes_; }
   bool empty() const { return data_ == nullptr; }
   void Reset();
@@ -73,7 +75,7 @@ class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
  public:
   struct Options {
     Device device;
-    int64_t max_bytes = 0;  // 0 = no limit (accelerate's max_memory for this device)
+    int64_t max_bytes = 0;               // 0 = no limit (accelerate's max_memory for this device)
     MemoryObserver* observer = nullptr;  // not owned; must outlive the pool
     std::unique_ptr<DeviceAllocator> allocator;  // null = NewCpuAllocator() (CPU only)
   };

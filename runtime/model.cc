@@ -10,14 +10,16 @@ namespace kbitd::runtime {
 int64_t LinearWeight::resident_bytes() const {
   const int64_t n = out_features * in_features;
   switch (format) {
-    case Format::kDense: return n * static_cast<int64_t>(ScalarTypeSize(dense_dtype));
+    case Format::kDense:
+      return n * static_cast<int64_t>(ScalarTypeSize(dense_dtype));
     case Format::kFourBit: {
       int64_t blocks = num_blocks();
-      int64_t scales = nested ? blocks + 4 * ((blocks + nested_blocksize - 1) / nested_blocksize)
-                              : 4 * blocks;
+      int64_t scales =
+          nested ? blocks + 4 * ((blocks + nested_blocksize - 1) / nested_blocksize) : 4 * blocks;
       return (n + 1) / 2 + scales;
     }
-    case Format::kInt8Rowwise: return n + 4 * out_features;
+    case Format::kInt8Rowwise:
+      return n + 4 * out_features;
   }
   return 0;
 }
@@ -62,12 +64,13 @@ absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
                                      std::vector<uint8_t>* out, std::vector<int64_t>* shape) const {
   const LinearWeight* w = FindLinear(name);
   if (w == nullptr) {
-    return absl::NotFoundError(absl::StrCat("model ", parts_.name, " has no linear layer \"",
-                                            std::string(name), "\""));
+    return absl::NotFoundError(
+        absl::StrCat("model ", parts_.name, " has no linear layer \"", std::string(name), "\""));
   }
   if (dtype != ScalarType::kFloat32 && dtype != ScalarType::kFloat16 &&
       dtype != ScalarType::kBFloat16) {
-    return absl::InvalidArgumentError("dequantize: output dtype must be float32, float16 or bfloat16");
+    return absl::InvalidArgumentError(
+        "dequantize: output dtype must be float32, float16 or bfloat16");
   }
   const int64_t n = w->out_features * w->in_features;
   *shape = {w->out_features, w->in_features};
@@ -75,7 +78,9 @@ absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
   for (int64_t i = 0; i < n; ++i) {
     float v = 0;
     switch (w->format) {
-      case LinearWeight::Format::kDense: v = LoadAsFloat(w->dense, w->dense_dtype, i); break;
+      case LinearWeight::Format::kDense:
+        v = LoadAsFloat(w->dense, w->dense_dtype, i);
+        break;
       case LinearWeight::Format::kFourBit: {
         uint8_t byte = w->packed[i / 2];
         v = w->code[i % 2 == 0 ? byte >> 4 : byte & 0xF] * FourBitScale(*w, i / w->blocksize);

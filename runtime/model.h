@@ -62,8 +62,8 @@ class Model {
   // Dequantized (or copied, if dense) weight of a linear as [out, in] in `dtype` (F32/F16/BF16),
   // the result bitsandbytes' dequantize_4bit / int8_vectorwise_dequant gives. NOT_FOUND naming
   // the module for unknown names.
-  absl::Status DequantizeLinear(std::string_view name, ScalarType dtype,
-                                std::vector<uint8_t>* out, std::vector<int64_t>* shape) const;
+  absl::Status DequantizeLinear(std::string_view name, ScalarType dtype, std::vector<uint8_t>* out,
+                                std::vector<int64_t>* shape) const;
 
  private:
   Parts parts_;

@@ -25,7 +25,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;  // "llama", "mistral" or "qwen2"
+  std::string model_type;    // "llama", "mistral" or "qwen2"
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -46,7 +46,7 @@ struct ModelConfig {
   std::string hidden_act = "silu";
   ScalarType torch_dtype = ScalarType::kFloat32;  // dtype of the stored (unquantized) weights
   std::optional<int64_t> bos_token_id;
-  std::vector<int64_t> eos_token_ids;  // eos_token_id may be an int or a list
+  std::vector<int64_t> eos_token_ids;              // eos_token_id may be an int or a list
   std::optional<QuantizationConfig> quantization;  // present for pre-quantized checkpoints
 
   int64_t q_size() const { return num_attention_heads * head_dim; }

@@ -29,8 +29,8 @@ struct LinearWeight {
   const void* dense = nullptr;
 
   // kFourBit.
-  bool nf4 = true;                 // false: FP4
-  std::array<float, 16> code{};    // the 16-entry LUT (quant_map)
+  bool nf4 = true;               // false: FP4
+  std::array<float, 16> code{};  // the 16-entry LUT (quant_map)
   int64_t blocksize = 64;
   const uint8_t* packed = nullptr;  // (out*in + 1) / 2 bytes
   const float* absmax = nullptr;    // one per block when not nested

@@ -14,8 +14,8 @@ Device PlacementPlan::DeviceFor(const std::string& module_name) const {
   const Device* best = &default_device;
   size_t best_len = 0;
   for (const auto& [prefix, device] : module_devices) {
-    bool match = prefix.empty() || module_name == prefix ||
-                 (module_name.rfind(prefix + ".", 0) == 0);
+    bool match =
+        prefix.empty() || module_name == prefix || (module_name.rfind(prefix + ".", 0) == 0);
     if (match && prefix.size() >= best_len) {
       best = &device;
       best_len = prefix.size();
@@ -32,21 +32,31 @@ int64_t PlacementPlan::MaxBytes(const Device& device) const {
 absl::StatusOr<int64_t> ParseMemorySize(const std::string& text) {
   // accelerate.utils.convert_file_size_to_int: GiB/MiB/KiB are powers of 2, GB/MB/KB of 10.
   size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
+    ++i;
   std::string number = text.substr(0, i);
   std::string unit = text.substr(i);
   char* end = nullptr;
   double value = number.empty() ? -1 : std::strtod(number.c_str(), &end);
   double scale = 0;
-  if (unit.empty() || unit == "B") scale = 1;
-  else if (unit == "KB") scale = 1e3;
-  else if (unit == "MB") scale = 1e6;
-  else if (unit == "GB") scale = 1e9;
-  else if (unit == "TB") scale = 1e12;
-  else if (unit == "KiB") scale = 1024.0;
-  else if (unit == "MiB") scale = 1024.0 * 1024;
-  else if (unit == "GiB") scale = 1024.0 * 1024 * 1024;
-  else if (unit == "TiB") scale = 1024.0 * 1024 * 1024 * 1024;
+  if (unit.empty() || unit == "B")
+    scale = 1;
+  else if (unit == "KB")
+    scale = 1e3;
+  else if (unit == "MB")
+    scale = 1e6;
+  else if (unit == "GB")
+    scale = 1e9;
+  else if (unit == "TB")
+    scale = 1e12;
+  else if (unit == "KiB")
+    scale = 1024.0;
+  else if (unit == "MiB")
+    scale = 1024.0 * 1024;
+  else if (unit == "GiB")
+    scale = 1024.0 * 1024 * 1024;
+  else if (unit == "TiB")
+    scale = 1024.0 * 1024 * 1024 * 1024;
   if (value < 0 || scale == 0 || end == nullptr || *end != '\0' || !std::isfinite(value)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "memory size \"", text, "\" is not a byte count or a size like \"20GiB\" / \"512MB\""));
@@ -59,9 +69,9 @@ absl::StatusOr<PlacementPlan> MakePlacementPlan(const PlacementOptions& options,
   PlacementPlan plan;
   auto check = [&](const Device& device, const std::string& what) -> absl::Status {
     if (!device.is_cpu() && !have_cuda_backend) {
-      return absl::UnimplementedError(absl::StrCat(
-          "device_map ", what, " places modules on ", device.ToString(),
-          " but this build runs models on the CPU only"));
+      return absl::UnimplementedError(absl::StrCat("device_map ", what, " places modules on ",
+                                                   device.ToString(),
+                                                   " but this build runs models on the CPU only"));
     }
     return absl::OkStatus();
   };

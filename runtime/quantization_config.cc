@@ -47,13 +47,15 @@ absl::Status ValidateQuantizationConfig(const QuantizationConfig& c) {
   ScalarType qs = c.bnb_4bit_quant_storage;
   if (qs != ScalarType::kUInt8 && qs != ScalarType::kInt8 && qs != ScalarType::kFloat16 &&
       qs != ScalarType::kBFloat16 && qs != ScalarType::kFloat32 && qs != ScalarType::kFloat64) {
-    return FieldError("bnb_4bit_quant_storage", "must be uint8, int8, float16, bfloat16, float32 or float64");
+    return FieldError("bnb_4bit_quant_storage",
+                      "must be uint8, int8, float16, bfloat16, float32 or float64");
   }
   if (!std::isfinite(c.llm_int8_threshold) || c.llm_int8_threshold < 0) {
     return FieldError("llm_int8_threshold", absl::StrCat(c.llm_int8_threshold, " must be >= 0"));
   }
   if (c.blocksize < 32 || c.blocksize > 4096 || (c.blocksize & (c.blocksize - 1)) != 0) {
-    return FieldError("blocksize", absl::StrCat(c.blocksize, " must be a power of two in [32, 4096]"));
+    return FieldError("blocksize",
+                      absl::StrCat(c.blocksize, " must be a power of two in [32, 4096]"));
   }
   return absl::OkStatus();
 }
@@ -89,7 +91,8 @@ absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const JsonValue& json
     if (!v->is_array()) return FieldError("llm_int8_skip_modules", "must be a list of strings");
     std::vector<std::string> names;
     for (const JsonValue& item : v->array()) {
-      if (!item.is_string()) return FieldError("llm_int8_skip_modules", "must be a list of strings");
+      if (!item.is_string())
+        return FieldError("llm_int8_skip_modules", "must be a list of strings");
       names.push_back(item.string_value());
     }
     c.llm_int8_skip_modules = std::move(names);

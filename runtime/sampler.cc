@@ -16,8 +16,9 @@ void Philox4x32(uint32_t ctr[4], uint32_t key[2]) {
   for (int round = 0; round < 10; ++round) {
     uint64_t p0 = static_cast<uint64_t>(kMul0) * ctr[0];
     uint64_t p1 = static_cast<uint64_t>(kMul1) * ctr[2];
-    uint32_t next[4] = {static_cast<uint32_t>(p1 >> 32) ^ ctr[1] ^ key[0], static_cast<uint32_t>(p1),
-                        static_cast<uint32_t>(p0 >> 32) ^ ctr[3] ^ key[1], static_cast<uint32_t>(p0)};
+    uint32_t next[4] = {
+        static_cast<uint32_t>(p1 >> 32) ^ ctr[1] ^ key[0], static_cast<uint32_t>(p1),
+        static_cast<uint32_t>(p0 >> 32) ^ ctr[3] ^ key[1], static_cast<uint32_t>(p0)};
     std::copy(next, next + 4, ctr);
     key[0] += kWeyl0;
     key[1] += kWeyl1;

@@ -18,7 +18,7 @@ double PhiloxUniform(uint64_t seed, uint64_t counter);
 
 struct SampleResult {
   int32_t token = 0;
-  float logprob = 0;  // log-softmax of the chosen token after penalty and temperature
+  float logprob = 0;              // log-softmax of the chosen token after penalty and temperature
   std::vector<TokenLogprob> top;  // params.top_logprobs best of that distribution, best first
 };
 

@@ -17,7 +17,8 @@ absl::Status CheckRange(const char* field, float value, float lo, bool lo_open, 
 }  // namespace
 
 absl::Status ValidateSamplingParams(const SamplingParams& params) {
-  if (auto s = CheckRange("temperature", params.temperature, 0.0f, false, 100.0f); !s.ok()) return s;
+  if (auto s = CheckRange("temperature", params.temperature, 0.0f, false, 100.0f); !s.ok())
+    return s;
   if (params.top_k < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampling.top_k = ", params.top_k, " must be >= 0 (0 = off)"));

@@ -36,8 +36,8 @@ class ConfigBuilder {
   absl::flat_hash_map<std::string, std::string> origin_;
 };
 
-// Where the bundled default model lives (a folder holding default/): $KBITD_BUNDLED_MODEL_ROOT, else
-// the source tree's models/ this binary was built from. With neither model_root nor models
+// Where the bundled default model lives (a folder holding default/): $KBITD_BUNDLED_MODEL_ROOT,
+// else the source tree's models/ this binary was built from. With neither model_root nor models
 // configured, FinalizeConfig serves <that>/default as model "default".
 std::string BundledModelRoot();
 

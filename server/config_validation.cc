@@ -158,9 +158,10 @@ absl::Status FinalizeConfig(v1::Config* config,
     }
   }
   if (config->model_root().empty()) {
-    return check.Fail("model_root",
-                      "is required (the bundled default model, served when nothing is configured, "
-                      "was not found: set KBITD_BUNDLED_MODEL_ROOT to the folder holding default/)");
+    return check.Fail(
+        "model_root",
+        "is required (the bundled default model, served when nothing is configured, "
+        "was not found: set KBITD_BUNDLED_MODEL_ROOT to the folder holding default/)");
   }
   const std::string& level = config->log_level();
   if (level != "debug" && level != "info" && level != "warning" && level != "error") {

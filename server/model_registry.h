@@ -75,8 +75,8 @@ class ModelRegistry {
   void Load(const v1::LoadModelRequest& request, LoadDone done);
   void Unload(const std::string& name, UnloadDone done);
   // Writes a plain checkpoint of the READY model `name` to `output_path` (relative to the root;
-  // a new folder) on a registry thread, see runtime/convert/export_checkpoint.h; `dtype` nullopt = the
-  // model's original dtype. `done` gets the summary or the error: NOT_FOUND (unknown model),
+  // a new folder) on a registry thread, see runtime/convert/export_checkpoint.h; `dtype` nullopt =
+  // the model's original dtype. `done` gets the summary or the error: NOT_FOUND (unknown model),
   // FAILED_PRECONDITION (not READY), the root's path errors (INVALID_ARGUMENT,
   // PERMISSION_DENIED, NOT_FOUND for a missing parent, ALREADY_EXISTS), CANCELLED when an unload
   // outlasted the grace period. Errors found before starting run `done` on the caller's thread.

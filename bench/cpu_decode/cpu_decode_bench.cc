@@ -24,11 +24,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
+#include "runtime/checkpoint/safetensors_writer.h"
 #include "runtime/cpu/cpu_kernels.h"
+#include "runtime/cpu/thread_pool.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "runtime/checkpoint/safetensors_writer.h"
-#include "runtime/cpu/thread_pool.h"
 
 namespace kbitd::runtime {
 namespace {

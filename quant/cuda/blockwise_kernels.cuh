@@ -171,9 +171,9 @@ __device__ __forceinline__ void LoadCodecTable(const QuantizeParams& p, float* t
 // The kEpt elements from e0 as float (zero past n), minus the double-quant subtrahend if any;
 // *full tells whether they were one vector load.
 template <typename In>
-__device__ __forceinline__ void LoadChunk(const QuantizeParams& p, const typename In::Storage* input,
-                                          int64_t e0, float subtract, float (&x)[kEpt],
-                                          bool* full) {
+__device__ __forceinline__ void LoadChunk(const QuantizeParams& p,
+                                          const typename In::Storage* input, int64_t e0,
+                                          float subtract, float (&x)[kEpt], bool* full) {
   *full = p.vectorized && e0 + kEpt <= p.n;
   LoadElements<In>(input, e0, p.n, *full, x);
   if (p.subtract != nullptr) {
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) DequantizeBlockwiseKernel(Dequantize
   using T = typename Out::Storage;
   using VecCodes = decltype(DequantCodes<kBits>::v);
   static_assert(kThreads == 256, "one table entry per thread");
-  __shared__ float table[256];  // 8-bit: the map; 4-bit: the 16-entry code book
+  __shared__ float table[256];          // 8-bit: the map; 4-bit: the 16-entry code book
   __shared__ float2 nibble_pairs[256];  // 4-bit only
   if constexpr (kBits == 8) {
     table[threadIdx.x] = p.table[threadIdx.x];
@@ -423,15 +423,15 @@ absl::Status LaunchQuantize(const QuantizeParams& params, cudaStream_t stream, c
   if ((1 << params.log2_blocksize) > kWarpChunk) {
     static const int large_ctas_per_sm = [] {
       int ctas = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-              &ctas, QuantizeLargeBlocksKernel<In, Codec>, kLargeThreads, 0) != cudaSuccess) {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, QuantizeLargeBlocksKernel<In, Codec>,
+                                                        kLargeThreads, 0) != cudaSuccess) {
         cudaGetLastError();
         ctas = 1;
       }
       return ctas > 0 ? ctas : 1;
     }();
-    const int64_t blocks = (params.n + (int64_t{1} << params.log2_blocksize) - 1) >>
-                           params.log2_blocksize;
+    const int64_t blocks =
+        (params.n + (int64_t{1} << params.log2_blocksize) - 1) >> params.log2_blocksize;
     const int64_t ctas = (blocks + kLargeThreads / 32 - 1) / (kLargeThreads / 32);
     const int64_t wave = int64_t{sms} * large_ctas_per_sm;
     const int grid = static_cast<int>(ctas < wave ? ctas : wave);

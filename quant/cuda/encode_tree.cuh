@@ -92,9 +92,9 @@ __device__ __forceinline__ void LoadMapRanks(const float* code256, MapRankTable*
     const float val = t->code[pivot];
     t->midpoint_above[r] = (t->code[r < 127 ? pivot + 1 : 255] + val) * 0.5f;
     t->midpoint_below[r] = (t->code[r > 0 ? pivot - 1 : 0] + val) * 0.5f;
-    t->odd_bucket[r] = r < 127 ? static_cast<uint16_t>(MapOrderKey(t->code[pivot + 1]) >>
-                                                       (32 - kMapBucketBits))
-                               : static_cast<uint16_t>(kMapBuckets);
+    t->odd_bucket[r] =
+        r < 127 ? static_cast<uint16_t>(MapOrderKey(t->code[pivot + 1]) >> (32 - kMapBucketBits))
+                : static_cast<uint16_t>(kMapBuckets);
   }
   __syncthreads();
   for (int b = threadIdx.x; b < kMapBuckets; b += blockDim.x) {

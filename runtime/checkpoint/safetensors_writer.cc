@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/json.h"
-#include "common/utf8.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 
 namespace kbitd::runtime {
 namespace {

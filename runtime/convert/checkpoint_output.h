@@ -14,9 +14,9 @@
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
 #include "common/json.h"
-#include "runtime/convert/convert_progress.h"
 #include "runtime/checkpoint/safetensors.h"
 #include "runtime/checkpoint/safetensors_writer.h"
+#include "runtime/convert/convert_progress.h"
 
 namespace kbitd::runtime {
 

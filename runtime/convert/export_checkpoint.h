@@ -3,9 +3,9 @@
 // Model::DequantizeLinear to "<module>.weight" (and its bias to "<module>.bias"), the embedding
 // and norms converted from their resident copies, config.json taken from the model's source
 // folder without "quantization_config", and the tokenizer and generation files copied. Unlike
-// DequantizeCheckpoint (runtime/convert/dequantize_checkpoint.h) it never re-reads the weights from disk,
-// so it writes exactly what the served model computes with. The folder is staged and renamed into
-// place when complete: a failed or cancelled export leaves nothing at the destination.
+// DequantizeCheckpoint (runtime/convert/dequantize_checkpoint.h) it never re-reads the weights from
+// disk, so it writes exactly what the served model computes with. The folder is staged and renamed
+// into place when complete: a failed or cancelled export leaves nothing at the destination.
 #pragma once
 
 #include <optional>

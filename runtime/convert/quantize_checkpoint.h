@@ -11,10 +11,10 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "runtime/checkpoint/safetensors.h"
 #include "runtime/convert/checkpoint_output.h"
 #include "runtime/convert/convert_progress.h"
 #include "runtime/quantization_config.h"
-#include "runtime/checkpoint/safetensors.h"
 
 namespace kbitd::runtime {
 

@@ -50,9 +50,12 @@ void CpuBackend::Embedding(const ModelWeights& weights, const int32_t* tokens, T
 absl::Status CpuBackend::Linear(const LinearWeight& w, const Tensor& x, Tensor y) {
   if (auto s = CheckLinearShapes(w, x, y); !s.ok()) return s;
   switch (w.format) {
-    case LinearWeight::Format::kDense: return DenseLinear(w, x, y);
-    case LinearWeight::Format::kFourBit: return FourBitLinear(w, x, y);
-    case LinearWeight::Format::kInt8Rowwise: return Int8Linear(w, x, y);
+    case LinearWeight::Format::kDense:
+      return DenseLinear(w, x, y);
+    case LinearWeight::Format::kFourBit:
+      return FourBitLinear(w, x, y);
+    case LinearWeight::Format::kInt8Rowwise:
+      return Int8Linear(w, x, y);
   }
   return absl::InternalError("unknown linear format");
 }
@@ -142,9 +145,9 @@ absl::Status CpuBackend::Int8Linear(const LinearWeight& w, const Tensor& x, Tens
     const int64_t n = end - begin;
     std::vector<float> out(n);
     for (int64_t t = 0; t < m; ++t) {
-      absl::Status s = quant::Int8Linear(x.row(t), ScalarType::kFloat32, 1, k, w.cb + begin * k,
-                                         w.scb + begin, n, w.bias ? w.bias + begin : nullptr,
-                                         w.threshold, out.data());
+      absl::Status s =
+          quant::Int8Linear(x.row(t), ScalarType::kFloat32, 1, k, w.cb + begin * k, w.scb + begin,
+                            n, w.bias ? w.bias + begin : nullptr, w.threshold, out.data());
       if (!s.ok()) {
         absl::MutexLock lock(&error_mu);
         if (error.ok()) error = s;

@@ -2,10 +2,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "runtime/tokenizer/normalizer.h"
 #include "runtime/tokenizer/tokenizer_json.h"
 #include "runtime/tokenizer/unicode/unicode_tables.h"
-#include "common/utf8.h"
 
 namespace kbitd::runtime {
 

@@ -2,9 +2,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "runtime/tokenizer/unicode/unicode_normalization.h"
 #include "runtime/tokenizer/unicode/unicode_tables.h"
-#include "common/utf8.h"
 
 namespace kbitd::runtime {
 

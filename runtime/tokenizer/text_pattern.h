@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/tokenizer/unicode/split_regex.h"
 #include "runtime/tokenizer/tokenizer_json.h"
+#include "runtime/tokenizer/unicode/split_regex.h"
 
 namespace kbitd::runtime {
 

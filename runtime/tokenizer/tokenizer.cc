@@ -7,6 +7,7 @@
 #include "common/file.h"
 #include "common/json.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "runtime/tokenizer/added_vocabulary.h"
 #include "runtime/tokenizer/bpe.h"
 #include "runtime/tokenizer/normalizer.h"
@@ -14,7 +15,6 @@
 #include "runtime/tokenizer/pre_tokenizer.h"
 #include "runtime/tokenizer/token_decoder.h"
 #include "runtime/tokenizer/tokenizer_json.h"
-#include "common/utf8.h"
 
 namespace kbitd::runtime {
 

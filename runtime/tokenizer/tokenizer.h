@@ -10,8 +10,8 @@
 // Unsupported components (other models, NFKC, Lowercase, ...) fail to load with an error
 // naming the tokenizer.json field. Encode takes UTF-8 text and rejects invalid UTF-8 (the
 // reference library only accepts Unicode strings). Decode rejects ids outside the vocabulary
-// (tokenizers silently drops them). See runtime/tokenizer/streaming_decoder.h for incremental decoding.
-// Thread-safe: immutable after creation; share it across threads freely.
+// (tokenizers silently drops them). See runtime/tokenizer/streaming_decoder.h for incremental
+// decoding. Thread-safe: immutable after creation; share it across threads freely.
 #pragma once
 
 #include <cstdint>

@@ -33,8 +33,8 @@ TEST(JsonTest, RejectsMalformedInput) {
 }
 
 TEST(JsonTest, RejectsInvalidUtf8AndDeepNesting) {
-  EXPECT_FALSE(ParseJson("\"\xC0\xAF\"").ok());       // overlong
-  EXPECT_FALSE(ParseJson("\"\xED\xA0\x80\"").ok());   // surrogate
+  EXPECT_FALSE(ParseJson("\"\xC0\xAF\"").ok());          // overlong
+  EXPECT_FALSE(ParseJson("\"\xED\xA0\x80\"").ok());      // surrogate
   EXPECT_FALSE(ParseJson("\"\xF4\x90\x80\x80\"").ok());  // > U+10FFFF
   std::string deep(1000, '[');
   deep += std::string(1000, ']');

@@ -101,7 +101,8 @@ TEST_P(BatchingTest, BatchedDifferentLengthsMatchEachAlone) {
       EXPECT_LE(t.logprob, 0.0f);
     }
   }
-  for (uint64_t id = 0; id < prompts.size(); ++id) EXPECT_EQ(got[id], alone[id]) << "sequence " << id;
+  for (uint64_t id = 0; id < prompts.size(); ++id)
+    EXPECT_EQ(got[id], alone[id]) << "sequence " << id;
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, BatchingTest,

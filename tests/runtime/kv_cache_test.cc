@@ -50,8 +50,8 @@ TEST(MemoryPoolTest, CountsPerCategoryAndOwnerAndEnforcesLimit) {
 
 TEST(KvCacheTest, BlockTablesGrowAndFreeListRecycles) {
   auto pool = *MemoryPool::Create({});
-  KvCache::Options o{.num_layers = 2, .num_kv_heads = 2, .head_dim = 4, .block_size = 4,
-                     .num_blocks = 3};
+  KvCache::Options o{
+      .num_layers = 2, .num_kv_heads = 2, .head_dim = 4, .block_size = 4, .num_blocks = 3};
   auto cache = *KvCache::Create(o, *pool, "m");
   EXPECT_EQ(pool->bytes(MemoryCategory::kKvCache), 2 * 2 * 3 * 4 * 2 * 4 * 4);
   ASSERT_TRUE(cache->Reserve(7, 5).ok());

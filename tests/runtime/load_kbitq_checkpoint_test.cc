@@ -1,13 +1,13 @@
-// A checkpoint written by `kbitq quantize` (runtime/convert/quantize_checkpoint.h) loads pre-quantized and
-// computes exactly what quantizing the same plain checkpoint on load computes: the same bytes go
-// through bitsandbytes' state-dict keys and back.
+// A checkpoint written by `kbitq quantize` (runtime/convert/quantize_checkpoint.h) loads
+// pre-quantized and computes exactly what quantizing the same plain checkpoint on load computes:
+// the same bytes go through bitsandbytes' state-dict keys and back.
 #include <cstring>
 #include <filesystem>
 
 #include "gtest/gtest.h"
+#include "runtime/convert/quantize_checkpoint.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "runtime/convert/quantize_checkpoint.h"
 
 namespace kbitd::runtime {
 namespace {

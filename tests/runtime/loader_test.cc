@@ -27,8 +27,10 @@ void WriteText(const std::string& path, const std::string& text) { std::ofstream
 
 // A writable copy of a golden model folder.
 std::string CopyModel(const std::string& name, const std::string& variant) {
-  std::string dir = (fs::path(::testing::TempDir()) / (name + "_" + variant + "_" +
-                     ::testing::UnitTest::GetInstance()->current_test_info()->name())).string();
+  std::string dir = (fs::path(::testing::TempDir()) /
+                     (name + "_" + variant + "_" +
+                      ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+                        .string();
   fs::remove_all(dir);
   fs::copy(kModels + "/" + name + "/" + variant, dir);
   return dir;
@@ -77,7 +79,8 @@ TEST(LoaderTest, QuantizeOnLoadSkipsLmHeadAndCountsBytes) {
   EXPECT_GT(progress_calls, 20);
   // 4-bit layers + fp32 embedding, head and norms.
   EXPECT_LT(m.weight_bytes(), 4 * m.parameter_count());
-  EXPECT_EQ(m.memory_usage()[0].bytes[static_cast<int>(MemoryCategory::kWeights)], m.weight_bytes());
+  EXPECT_EQ(m.memory_usage()[0].bytes[static_cast<int>(MemoryCategory::kWeights)],
+            m.weight_bytes());
   EXPECT_EQ(m.FindLinear("nope"), nullptr);
   ASSERT_NE(m.tokenizer(), nullptr);
   EXPECT_EQ(m.tokenizer()->vocab_size(), 384);
@@ -142,8 +145,9 @@ TEST(LoaderTest, MissingTensorIsNamed) {
 TEST(LoaderTest, WrongShapeIsNamed) {
   std::string dir = CopyModel("llama", "fp32");
   ReplaceInFile(dir + "/config.json", "\"intermediate_size\": 128", "\"intermediate_size\": 96");
-  ExpectError(LoadStatus(dir), absl::StatusCode::kInvalidArgument,
-              "model.layers.0.mlp.gate_proj.weight has shape [128, 64] but the config needs [96, 64]");
+  ExpectError(
+      LoadStatus(dir), absl::StatusCode::kInvalidArgument,
+      "model.layers.0.mlp.gate_proj.weight has shape [128, 64] but the config needs [96, 64]");
 }
 
 TEST(LoaderTest, TokenizerVocabLargerThanEmbeddingIsRejected) {

@@ -100,8 +100,9 @@ TEST(ModelConfigTest, ClearErrors) {
          absl::StatusCode::kUnimplemented, "gptq");
   expect(WithRope(R"("quantization_config": {"load_in_4bit": true, "load_in_8bit": true},)"),
          absl::StatusCode::kInvalidArgument, "load_in_8bit");
-  expect(WithRope(R"("quantization_config": {"load_in_4bit": true, "bnb_4bit_quant_type": "int3"},)"),
-         absl::StatusCode::kInvalidArgument, "bnb_4bit_quant_type");
+  expect(
+      WithRope(R"("quantization_config": {"load_in_4bit": true, "bnb_4bit_quant_type": "int3"},)"),
+      absl::StatusCode::kInvalidArgument, "bnb_4bit_quant_type");
 }
 
 TEST(QuantizationConfigTest, ParsesTransformersFieldsAndSkipMatching) {

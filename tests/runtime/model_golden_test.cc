@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "runtime/checkpoint/safetensors.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "runtime/checkpoint/safetensors.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -143,8 +143,7 @@ TEST_P(ModelGoldenTest, Fp32MatchesTransformersAtEveryPosition) {
     ASSERT_TRUE(engine->AddSequence(len, prefix, Greedy()).ok());
     ASSERT_TRUE(engine->Step({{len, static_cast<int32_t>(len)}}).ok());
     const float* golden = all.data() + (len - 1) * vocab;
-    EXPECT_LE(MaxDiff(engine->LastLogits(len).data(), golden, vocab),
-              1e-4f * MaxAbs(golden, vocab))
+    EXPECT_LE(MaxDiff(engine->LastLogits(len).data(), golden, vocab), 1e-4f * MaxAbs(golden, vocab))
         << "position " << len - 1;
     engine->RemoveSequence(len);
   }
@@ -201,8 +200,7 @@ float BnbTolerance(const std::string& variant) {
   return tol;
 }
 
-class QuantizedGoldenTest
-    : public ::testing::TestWithParam<std::tuple<std::string, int, bool>> {};
+class QuantizedGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, int, bool>> {};
 
 TEST_P(QuantizedGoldenTest, WithinBitsandbytesCudaVsCpuTolerance) {
   const auto& [model_name, variant_index, prequantized] = GetParam();

@@ -6,9 +6,9 @@
 #include <cstring>
 
 #include "gtest/gtest.h"
+#include "runtime/checkpoint/safetensors.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "runtime/checkpoint/safetensors.h"
 
 namespace kbitd::runtime {
 namespace {

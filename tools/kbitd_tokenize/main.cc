@@ -1,5 +1,6 @@
-// kbitd_tokenize: a small CLI over runtime/tokenizer/tokenizer.h, used by tests/e2e/test_tokenizer_parity.py
-// to compare with Hugging Face `tokenizers`, and to benchmark encoding.
+// kbitd_tokenize: a small CLI over runtime/tokenizer/tokenizer.h, used by
+// tests/e2e/test_tokenizer_parity.py to compare with Hugging Face `tokenizers`, and to benchmark
+// encoding.
 //
 //   kbitd_tokenize --tokenizer tokenizer.json            JSON lines on stdin -> JSON lines out
 //   kbitd_tokenize --tokenizer tokenizer.json --bench FILE [--repeat N]

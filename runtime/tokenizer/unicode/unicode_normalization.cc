@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "runtime/tokenizer/unicode/unicode_tables.h"
 #include "common/utf8.h"
+#include "runtime/tokenizer/unicode/unicode_tables.h"
 
 namespace kbitd::runtime {
 namespace {

@@ -11,8 +11,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/checkpoint/checkpoint.h"
-#include "runtime/convert/checkpoint_output.h"
 #include "runtime/checkpoint/safetensors_writer.h"
+#include "runtime/convert/checkpoint_output.h"
 
 namespace kbitd::runtime {
 namespace {
