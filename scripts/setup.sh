@@ -17,11 +17,12 @@ BUILD_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libgmock-dev googletest
 )
-# What the tests add: clang and its libFuzzer runtime (the fuzz run), Prometheus and promtool,
+# What the tests add: clang and its libFuzzer runtime (the fuzz run), clang-format (the format
+# check), Prometheus and promtool,
 # openssl (test certificates for the TLS tests), Python for pytest.
 APT_PACKAGES=(
   "${BUILD_PACKAGES[@]}"
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   prometheus openssl
   python3 python3-pip python3-venv
 )

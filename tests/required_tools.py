@@ -24,6 +24,8 @@ TOOLS = {
     "ctest": ("apt", "cmake"),
     "clang": ("apt", "clang"),
     "clang++": ("apt", "clang"),
+    # tests/scripts/test_format.py: the sources follow .clang-format (Debian 12's clang-format 14).
+    "clang-format": ("apt", "clang-format"),
 }
 
 
