@@ -498,3 +498,21 @@ absl::Status DequantizeState(const QuantState& state, ScalarType output_type, vo
 }
 
 }  // namespace kbitd::quant
+
+namespace kbitd::quant {
+
+std::string_view QuantTypeName(QuantType type) {
+  switch (type) {
+    case QuantType::kNf4:
+      return "nf4";
+    case QuantType::kFp4:
+      return "fp4";
+    case QuantType::kInt8Blockwise:
+      return "int8_blockwise";
+    case QuantType::kInt8Rowwise:
+      return "int8_rowwise";
+  }
+  return "unknown";
+}
+
+}  // namespace kbitd::quant

@@ -34,6 +34,8 @@ struct NamedTensor {
 };
 
 enum class QuantType : uint8_t { kNf4, kFp4, kInt8Blockwise, kInt8Rowwise };
+// "nf4", "fp4", "int8_blockwise", "int8_rowwise" (the names the API and kbitq report).
+std::string_view QuantTypeName(QuantType type);
 
 struct QuantState {
   QuantType type = QuantType::kNf4;

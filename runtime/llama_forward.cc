@@ -84,9 +84,8 @@ absl::Status LlamaForward::EnsureWorkspace(int64_t tokens, int64_t rows) {
 
 absl::Status LlamaForward::Linear(const LinearWeight& weight, const Tensor& x, Tensor y,
                                   KernelObserver* observer) {
-  ScopedKernelTimer timer(observer, weight.format == LinearWeight::Format::kDense
-                                        ? KernelKind::kDenseMatmul
-                                        : KernelKind::kQuantizedMatmul);
+  ScopedKernelTimer timer(
+      observer, weight.is_dense() ? KernelKind::kDenseMatmul : KernelKind::kQuantizedMatmul);
   return backend_.Linear(weight, x, y);
 }
 
@@ -112,9 +111,9 @@ absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
   Tensor down = Tensor::F32(Slice(l.down), {t, c.hidden_size});
   const float eps = static_cast<float>(c.rms_norm_eps);
   const ScalarType cd = model_.compute_dtype();
-  auto norm = [&](const Tensor& x, const float* weight, Tensor y) {
+  auto norm = [&](const Tensor& x, const Tensor& weight, Tensor y) {
     ScopedKernelTimer timer(observer, KernelKind::kNorm);
-    backend_.RmsNorm(x, weight, eps, y);
+    backend_.RmsNorm(x, weight.as<const float>(), eps, y);
   };
 
   {

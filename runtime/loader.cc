@@ -91,8 +91,8 @@ absl::StatusOr<Buffer> CopyBytes(LoadContext& ctx, const TensorView& view) {
 }
 
 // A float vector tensor (norm weight, bias) converted to float32.
-absl::StatusOr<const float*> LoadFloatVector(LoadContext& ctx, const std::string& name, int64_t n,
-                                             std::vector<Buffer>* storage) {
+absl::StatusOr<Tensor> LoadFloatVector(LoadContext& ctx, const std::string& name, int64_t n,
+                                       std::vector<Buffer>* storage) {
   KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {n}));
   KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, n * sizeof(float)));
   for (int64_t i = 0; i < n; ++i) {
@@ -106,10 +106,10 @@ absl::StatusOr<const float*> LoadFloatVector(LoadContext& ctx, const std::string
     buffer.as<float>()[i] = v;
   }
   ctx.parameter_count += n;
-  const float* ptr = buffer.as<float>();
+  Tensor tensor = buffer.View(ScalarType::kFloat32, {n});
   storage->push_back(std::move(buffer));
   ctx.Consumed(name);
-  return ptr;
+  return tensor;
 }
 
 // Float tensor bytes with natural alignment (mmap'd views may be unaligned in foreign files).
@@ -132,15 +132,15 @@ absl::Status PlaceFourBitScales(LoadContext& ctx, const std::vector<float>& absm
                                 const std::optional<quant::NestedAbsmax>& nested, LinearWeight* w) {
   if (!nested.has_value()) {
     KBITD_ASSIGN_OR_RETURN(Buffer absmax_buffer, CopyVector(ctx, absmax));
-    w->absmax = absmax_buffer.as<float>();
+    w->absmax = absmax_buffer.View(ScalarType::kFloat32, {static_cast<int64_t>(absmax.size())});
     w->storage.push_back(std::move(absmax_buffer));
     return absl::OkStatus();
   }
   KBITD_ASSIGN_OR_RETURN(Buffer codes, CopyVector(ctx, nested->codes));
   KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax, CopyVector(ctx, nested->nested_absmax));
-  w->nested = true;
-  w->absmax_codes = codes.as<uint8_t>();
-  w->nested_absmax = nested_absmax.as<float>();
+  w->absmax_codes = codes.View(ScalarType::kUInt8, {static_cast<int64_t>(nested->codes.size())});
+  w->nested_absmax = nested_absmax.View(ScalarType::kFloat32,
+                                        {static_cast<int64_t>(nested->nested_absmax.size())});
   std::copy_n(nested->nested_code.begin(), w->nested_code.size(), w->nested_code.begin());
   w->nested_offset = nested->offset;
   w->nested_blocksize = nested->nested_blocksize;
@@ -159,9 +159,9 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
     KBITD_ASSIGN_OR_RETURN(Buffer scb, Allocate(ctx, w->out_features * sizeof(float)));
     KBITD_RETURN_IF_ERROR(quant::QuantizeRowwiseInt8(
         data, view.dtype, w->out_features, w->in_features, cb.as<int8_t>(), scb.as<float>()));
-    w->format = LinearWeight::Format::kInt8Rowwise;
-    w->cb = cb.as<int8_t>();
-    w->scb = scb.as<float>();
+    w->quant_type = quant::QuantType::kInt8Rowwise;
+    w->cb = cb.View(ScalarType::kInt8, {w->out_features, w->in_features});
+    w->scb = scb.View(ScalarType::kFloat32, {w->out_features});
     w->threshold = q.llm_int8_threshold;
     w->storage.push_back(std::move(cb));
     w->storage.push_back(std::move(scb));
@@ -174,12 +174,12 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   std::vector<float> absmax(blocks);
   KBITD_RETURN_IF_ERROR(quant::Quantize4bit(type, data, view.dtype, n, q.blocksize,
                                             packed.as<uint8_t>(), absmax.data()));
-  w->format = LinearWeight::Format::kFourBit;
-  w->nf4 = type == quant::FourBitType::kNf4;
-  const auto& code = w->nf4 ? quant::Nf4Code() : quant::Fp4Code();
+  const bool nf4 = type == quant::FourBitType::kNf4;
+  w->quant_type = nf4 ? quant::QuantType::kNf4 : quant::QuantType::kFp4;
+  const auto& code = nf4 ? quant::Nf4Code() : quant::Fp4Code();
   std::copy(code.begin(), code.end(), w->code.begin());
   w->blocksize = q.blocksize;
-  w->packed = packed.as<uint8_t>();
+  w->packed = packed.View(ScalarType::kUInt8, {quant::Packed4bitBytes(n)});
   w->storage.push_back(std::move(packed));
   std::optional<quant::NestedAbsmax> nested;
   if (q.bnb_4bit_use_double_quant) {
@@ -202,19 +202,18 @@ absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, L
   switch (state.type) {
     case quant::QuantType::kNf4:
     case quant::QuantType::kFp4: {
-      w->format = LinearWeight::Format::kFourBit;
-      w->nf4 = state.type == quant::QuantType::kNf4;
+      w->quant_type = state.type;
       std::copy_n(state.code.begin(), w->code.size(), w->code.begin());
       w->blocksize = state.blocksize;
-      w->packed = data.as<uint8_t>();
+      w->packed = data.View(ScalarType::kUInt8, {static_cast<int64_t>(state.data.size())});
       KBITD_RETURN_IF_ERROR(PlaceFourBitScales(ctx, state.absmax, state.nested, w));
       break;
     }
     case quant::QuantType::kInt8Rowwise: {
       KBITD_ASSIGN_OR_RETURN(Buffer scb, CopyVector(ctx, state.scb));
-      w->format = LinearWeight::Format::kInt8Rowwise;
-      w->cb = reinterpret_cast<const int8_t*>(data.data());
-      w->scb = scb.as<float>();
+      w->quant_type = quant::QuantType::kInt8Rowwise;
+      w->cb = data.View(ScalarType::kInt8, {w->out_features, w->in_features});
+      w->scb = scb.View(ScalarType::kFloat32, {w->out_features});
       w->threshold = ctx.config.quantization ? ctx.config.quantization->llm_int8_threshold : 6.0f;
       w->storage.push_back(std::move(scb));
       break;
@@ -249,7 +248,7 @@ absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out
         " in the checkpoint): remove quantization_config to load the weights as they are, or "
         "quantize them (LoadModel's quantization, kbitq)"));
   }
-  if (w->format == LinearWeight::Format::kDense) {
+  if (w->is_dense()) {
     const std::string name = prefix + ".weight";
     KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {out, in}));
     w->original_dtype = view.dtype;
@@ -257,8 +256,7 @@ absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out
       KBITD_RETURN_IF_ERROR(QuantizeLinear(ctx, view, w));
     } else {
       KBITD_ASSIGN_OR_RETURN(Buffer dense, CopyBytes(ctx, view));
-      w->dense_dtype = view.dtype;
-      w->dense = dense.data();
+      w->dense = dense.View(view.dtype, {out, in});
       w->storage.push_back(std::move(dense));
     }
     ctx.Consumed(name);
@@ -407,8 +405,7 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
     KBITD_ASSIGN_OR_RETURN(TensorView view,
                            GetFloat(ctx, name, {config.vocab_size, config.hidden_size}));
     KBITD_ASSIGN_OR_RETURN(Buffer embed, CopyBytes(ctx, view));
-    w.embed_dtype = view.dtype;
-    w.embed_tokens = embed.data();
+    w.embed_tokens = embed.View(view.dtype, {config.vocab_size, config.hidden_size});
     w.storage.push_back(std::move(embed));
     ctx.parameter_count += config.vocab_size * config.hidden_size;
     ctx.Consumed(name);
@@ -424,8 +421,7 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
     w.lm_head.name = "lm_head";
     w.lm_head.out_features = config.vocab_size;
     w.lm_head.in_features = config.hidden_size;
-    w.lm_head.dense_dtype = w.embed_dtype;
-    w.lm_head.original_dtype = w.embed_dtype;
+    w.lm_head.original_dtype = w.embed_tokens.dtype;
     w.lm_head.dense = w.embed_tokens;
     if (checkpoint->Contains("lm_head.weight")) ctx.Consumed("lm_head.weight");
   } else {

@@ -53,6 +53,8 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
   return *this;
 }
 
+Device Buffer::device() const { return pool_ != nullptr ? pool_->device() : Device::Cpu(); }
+
 void Buffer::Reset() {
   if (data_ != nullptr && pool_ != nullptr) pool_->Release(data_, bytes_, category_, owner_);
   pool_.reset();

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "runtime/device.h"
+#include "runtime/tensor.h"
 
 namespace kbitd::runtime {
 
@@ -60,6 +61,13 @@ class Buffer {
   }
   size_t size() const { return bytes_; }
   bool empty() const { return data_ == nullptr; }
+  // The device of the pool it came from (cpu for an empty buffer).
+  Device device() const;
+  // A view of the start of the buffer as a tensor on its device. The caller keeps
+  // dims x dtype within size().
+  Tensor View(ScalarType dtype, std::initializer_list<int64_t> dims) const {
+    return Tensor::Make(data_, dtype, dims, device());
+  }
   void Reset();
 
  private:

@@ -3,26 +3,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/cpu/cpu_backend.h"
 
 namespace kbitd::runtime {
-
-int64_t LinearWeight::resident_bytes() const {
-  const int64_t n = out_features * in_features;
-  switch (format) {
-    case Format::kDense:
-      return n * static_cast<int64_t>(ScalarTypeSize(dense_dtype));
-    case Format::kFourBit: {
-      int64_t blocks = num_blocks();
-      int64_t scales =
-          nested ? blocks + 4 * ((blocks + nested_blocksize - 1) / nested_blocksize) : 4 * blocks;
-      return (n + 1) / 2 + scales;
-    }
-    case Format::kInt8Rowwise:
-      return n + 4 * out_features;
-  }
-  return 0;
-}
 
 Model::Model(Parts parts) : parts_(std::move(parts)) {
   for (const LayerWeights& layer : parts_.weights.layers) {
@@ -60,6 +42,16 @@ const LinearWeight* Model::FindLinear(std::string_view name) const {
   return it == linears_.end() ? nullptr : it->second;
 }
 
+absl::Status Model::CopyToHost(const Tensor& tensor, std::vector<uint8_t>* host) const {
+  if (!tensor.device.is_cpu()) {
+    return absl::FailedPreconditionError(absl::StrCat("model ", parts_.name, ": no copy from ",
+                                                      tensor.device.ToString(), " to the host"));
+  }
+  host->resize(static_cast<size_t>(tensor.bytes()));
+  if (!host->empty()) std::memcpy(host->data(), tensor.data, host->size());
+  return absl::OkStatus();
+}
+
 absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
                                      std::vector<uint8_t>* out, std::vector<int64_t>* shape) const {
   const LinearWeight* w = FindLinear(name);
@@ -72,24 +64,24 @@ absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
     return absl::InvalidArgumentError(
         "dequantize: output dtype must be float32, float16 or bfloat16");
   }
+  if (!w->device().is_cpu()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dequantize ", w->name, ": its weights are on ", w->device().ToString(), ", not the host"));
+  }
   const int64_t n = w->out_features * w->in_features;
   *shape = {w->out_features, w->in_features};
   out->assign(n * ScalarTypeSize(dtype), 0);
   for (int64_t i = 0; i < n; ++i) {
     float v = 0;
-    switch (w->format) {
-      case LinearWeight::Format::kDense:
-        v = LoadAsFloat(w->dense, w->dense_dtype, i);
-        break;
-      case LinearWeight::Format::kFourBit: {
-        uint8_t byte = w->packed[i / 2];
-        v = w->code[i % 2 == 0 ? byte >> 4 : byte & 0xF] * FourBitScale(*w, i / w->blocksize);
-        break;
-      }
-      case LinearWeight::Format::kInt8Rowwise:
-        // int8_vectorwise_dequant: CB * SCB * f32(1/127) (bnb-spec §6.1).
-        v = static_cast<float>(w->cb[i]) * w->scb[i / w->in_features] * 7.874015718698502e-3f;
-        break;
+    if (w->is_dense()) {
+      v = LoadAsFloat(w->dense.data, w->dense.dtype, i);
+    } else if (w->is_four_bit()) {
+      uint8_t byte = w->packed.as<const uint8_t>()[i / 2];
+      v = w->code[i % 2 == 0 ? byte >> 4 : byte & 0xF] * FourBitScale(*w, i / w->blocksize);
+    } else {
+      // int8_vectorwise_dequant: CB * SCB * f32(1/127) (bnb-spec §6.1).
+      v = static_cast<float>(w->cb.as<const int8_t>()[i]) *
+          w->scb.as<const float>()[i / w->in_features] * 7.874015718698502e-3f;
     }
     StoreFromFloat(out->data(), dtype, i, v);
   }

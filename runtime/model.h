@@ -62,6 +62,9 @@ class Model {
   // Dequantized (or copied, if dense) weight of a linear as [out, in] in `dtype` (F32/F16/BF16),
   // the result bitsandbytes' dequantize_4bit / int8_vectorwise_dequant gives. NOT_FOUND naming
   // the module for unknown names.
+  // Copies a tensor of this model's weights into host memory (resized to its bytes): the one way
+  // code outside the backends reads weights, so it works wherever they are placed.
+  absl::Status CopyToHost(const Tensor& tensor, std::vector<uint8_t>* host) const;
   absl::Status DequantizeLinear(std::string_view name, ScalarType dtype, std::vector<uint8_t>* out,
                                 std::vector<int64_t>* shape) const;
 

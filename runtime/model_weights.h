@@ -1,65 +1,106 @@
-// Resident weights of one decoder-only model in the layout the backends read. A linear layer is
-// either dense (float32/float16/bfloat16, [out, in] row-major as in the checkpoint), bitsandbytes
+// Resident weights of one decoder-only model in the layout the backends read. Every array is a
+// Tensor view (device, dtype, shape) into Buffers the weights own, so a backend can check it was
+// handed memory of its own device. A linear layer is dense (float32/float16/bfloat16, [out, in]
+// row-major as in the checkpoint) or quantized in one of quant::QuantType's formats: bitsandbytes
 // 4-bit (NF4/FP4 packed two per byte, first element in the high nibble, blockwise absmax that may
 // itself be 8-bit "double" quantized) or LLM.int8 row-wise (int8 CB [out, in] + fp32 SCB [out]).
 // Layouts and key names: docs/bnb-spec.md §2, §4, §5, §6.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/dtype.h"
+#include "quant/quant_state.h"
 #include "runtime/memory_pool.h"
+#include "runtime/tensor.h"
 
 namespace kbitd::runtime {
 
 struct LinearWeight {
-  enum class Format { kDense, kFourBit, kInt8Rowwise };
   std::string name;  // module name, e.g. "model.layers.0.self_attn.q_proj"
-  Format format = Format::kDense;
+  // The quantized format, the enum quant/ uses for QuantState; nullopt = dense.
+  std::optional<quant::QuantType> quant_type;
   int64_t out_features = 0;
   int64_t in_features = 0;
   ScalarType original_dtype = ScalarType::kFloat32;  // dtype of the unquantized weight
 
-  // kDense: [out, in] of dense_dtype. `dense` is a view: it points into `storage` or, for a tied
-  // lm_head, into the embedding's storage.
-  ScalarType dense_dtype = ScalarType::kFloat32;
-  const void* dense = nullptr;
+  // Dense: [out, in] in float32/float16/bfloat16. A view into `storage` or, for a tied lm_head,
+  // into the embedding's storage.
+  Tensor dense;
 
-  // kFourBit.
-  bool nf4 = true;               // false: FP4
-  std::array<float, 16> code{};  // the 16-entry LUT (quant_map)
+  // kNf4 / kFp4.
+  std::array<float, 16> code{};  // the 16-entry LUT (quant_map); constants, kept on the host
   int64_t blocksize = 64;
-  const uint8_t* packed = nullptr;  // (out*in + 1) / 2 bytes
-  const float* absmax = nullptr;    // one per block when not nested
+  Tensor packed;  // uint8 [(out*in + 1) / 2]
+  Tensor absmax;  // float32 [blocks] when not nested
   // Double quantization (bnb compress_statistics): absmax[b] =
   //   f32(nested_code[absmax_codes[b]] * nested_absmax[b / nested_blocksize]) + offset.
-  bool nested = false;
-  const uint8_t* absmax_codes = nullptr;
-  const float* nested_absmax = nullptr;
+  Tensor absmax_codes;   // uint8 [blocks]
+  Tensor nested_absmax;  // float32 [ceil(blocks / nested_blocksize)]
   std::array<float, 256> nested_code{};
   float nested_offset = 0.0f;
   int64_t nested_blocksize = 256;
 
   // kInt8Rowwise (LLM.int8): W ~= cb[n, k] * scb[n] / 127.
-  const int8_t* cb = nullptr;
-  const float* scb = nullptr;
+  Tensor cb;               // int8 [out, in]
+  Tensor scb;              // float32 [out]
   float threshold = 6.0f;  // outlier threshold for activations; 0 disables decomposition
 
-  const float* bias = nullptr;  // float32 [out] or null
+  Tensor bias;  // float32 [out]; undefined when the layer has none
 
-  std::vector<Buffer> storage;  // owns what the pointers above point to (except tied views)
+  std::vector<Buffer> storage;  // owns what the tensors above view (except tied views)
 
+  bool is_dense() const { return !quant_type.has_value(); }
+  bool is_four_bit() const {
+    return quant_type == quant::QuantType::kNf4 || quant_type == quant::QuantType::kFp4;
+  }
+  bool nested() const { return absmax_codes.defined(); }
+  // The device of its data (all of a weight's tensors live on one device).
+  Device device() const;
   int64_t num_blocks() const { return (out_features * in_features + blocksize - 1) / blocksize; }
   // Bytes the weight occupies as stored (what a matmul must stream), bias excluded.
   int64_t resident_bytes() const;
 };
 
+// Block scale of a 4-bit weight whose scales are in host memory: absmax[b], or its double-quantized
+// reconstruction f32(nested_code[codes[b]] * nested_absmax[b / nested_blocksize]) + offset
+// (bnb-spec §4).
+inline float FourBitScale(const LinearWeight& w, int64_t block) {
+  if (!w.nested()) return w.absmax.as<const float>()[block];
+  float v = w.nested_code[w.absmax_codes.as<const uint8_t>()[block]] *
+            w.nested_absmax.as<const float>()[block / w.nested_blocksize];
+  return v + w.nested_offset;
+}
+
+// FourBitScale for `count` consecutive blocks from `first`, without a division per block (the
+// nested group advances every nested_blocksize blocks): the double-quant decode loop's hot path.
+inline void FourBitScales(const LinearWeight& w, int64_t first, int64_t count, float* out) {
+  if (!w.nested()) {
+    std::copy_n(w.absmax.as<const float>() + first, count, out);
+    return;
+  }
+  const uint8_t* codes = w.absmax_codes.as<const uint8_t>();
+  const float* nested_absmax = w.nested_absmax.as<const float>();
+  int64_t group = first / w.nested_blocksize;
+  int64_t group_end = (group + 1) * w.nested_blocksize;
+  for (int64_t b = first; b < first + count; ++b) {
+    if (b == group_end) {
+      ++group;
+      group_end += w.nested_blocksize;
+    }
+    float v = w.nested_code[codes[b]] * nested_absmax[group];
+    out[b - first] = v + w.nested_offset;
+  }
+}
+
 struct LayerWeights {
-  const float* input_layernorm = nullptr;           // [hidden]
-  const float* post_attention_layernorm = nullptr;  // [hidden]
+  Tensor input_layernorm;           // float32 [hidden]
+  Tensor post_attention_layernorm;  // float32 [hidden]
   LinearWeight q_proj, k_proj, v_proj, o_proj;
   LinearWeight gate_proj, up_proj, down_proj;
   std::vector<Buffer> storage;
@@ -67,11 +108,10 @@ struct LayerWeights {
 
 struct ModelWeights {
   // Token embedding [vocab, hidden], kept in its checkpoint dtype (float32/16, bfloat16).
-  ScalarType embed_dtype = ScalarType::kFloat32;
-  const void* embed_tokens = nullptr;
+  Tensor embed_tokens;
   std::vector<LayerWeights> layers;
-  const float* final_norm = nullptr;  // [hidden]
-  LinearWeight lm_head;               // a dense view of embed_tokens when tied
+  Tensor final_norm;     // float32 [hidden]
+  LinearWeight lm_head;  // a dense view of embed_tokens when tied
   std::vector<Buffer> storage;
 };
 

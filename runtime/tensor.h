@@ -1,5 +1,7 @@
 // A non-owning view of a dense tensor: dtype, shape, row-major strides, device and pointer.
-// Ownership lives in runtime::Buffer (memory_pool.h). Up to 4 dimensions.
+// Ownership lives in runtime::Buffer (memory_pool.h), which hands out views of itself
+// (Buffer::View). Up to 4 dimensions. A default-constructed Tensor is "undefined" (no data): an
+// optional input such as a missing bias.
 #pragma once
 
 #include <array>
@@ -33,16 +35,28 @@ struct Tensor {
     }
     return t;
   }
+  // A host tensor over memory the caller owns (host vectors of a step, test data).
+  static Tensor Host(const void* data, ScalarType dtype, std::initializer_list<int64_t> dims) {
+    return Make(const_cast<void*>(data), dtype, dims);
+  }
   static Tensor F32(float* data, std::initializer_list<int64_t> dims) {
     return Make(data, ScalarType::kFloat32, dims);
   }
 
+  bool defined() const { return data != nullptr; }
   int64_t numel() const {
     int64_t n = 1;
     for (int i = 0; i < rank; ++i) n *= shape[i];
     return n;
   }
+  int64_t bytes() const {
+    return defined() ? numel() * static_cast<int64_t>(ScalarTypeSize(dtype)) : 0;
+  }
   int64_t dim(int i) const { return shape[i]; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data);
+  }
   float* f32() const { return static_cast<float*>(data); }
   // Row r of a 2-D float32 tensor.
   float* row(int64_t r) const { return f32() + r * strides[0]; }

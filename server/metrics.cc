@@ -293,7 +293,7 @@ int64_t QuantizationSavedBytes(const runtime::Model& model) {
   int64_t saved = 0;
   for (const std::string& name : model.LinearNames()) {
     const runtime::LinearWeight& w = *model.FindLinear(name);
-    if (w.format == runtime::LinearWeight::Format::kDense) continue;
+    if (w.is_dense()) continue;
     saved += 2 * w.out_features * w.in_features - w.resident_bytes();
   }
   return saved;

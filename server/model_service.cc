@@ -64,12 +64,10 @@ class DequantizeCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk
       head.set_dtype(wire);
       if (const runtime::LinearWeight* w = model.model->FindLinear(name)) {
         v1::QuantizationStats& stats = *head.mutable_stats();
-        using Format = runtime::LinearWeight::Format;
-        stats.set_quant_type(w->format == Format::kFourBit       ? (w->nf4 ? "nf4" : "fp4")
-                             : w->format == Format::kInt8Rowwise ? "int8_rowwise"
-                                                                 : "none");
-        stats.set_blocksize(w->format == Format::kFourBit ? static_cast<int32_t>(w->blocksize) : 0);
-        stats.set_double_quant(w->nested);
+        stats.set_quant_type(w->is_dense() ? "none"
+                                           : std::string(quant::QuantTypeName(*w->quant_type)));
+        stats.set_blocksize(w->is_four_bit() ? static_cast<int32_t>(w->blocksize) : 0);
+        stats.set_double_quant(w->nested());
         stats.set_fp16_bytes(2 * w->out_features * w->in_features);
       }
       element_size_ = ScalarTypeSize(dtype);

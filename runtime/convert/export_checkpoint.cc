@@ -18,40 +18,33 @@ namespace {
 struct Item {
   std::string name;
   const LinearWeight* linear = nullptr;  // set: dequantize this module's weight
-  const void* data = nullptr;            // dense: resident values of `dtype`
-  ScalarType dtype = ScalarType::kFloat32;
-  std::vector<int64_t> shape;
+  Tensor tensor;                         // else: a resident dense tensor (its dtype and shape)
 };
 
 std::vector<Item> ExportItems(const Model& model) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   std::vector<Item> items;
-  auto dense = [&](std::string name, const void* data, ScalarType dtype,
-                   std::vector<int64_t> shape) {
-    items.push_back({std::move(name), nullptr, data, dtype, std::move(shape)});
+  auto dense = [&](std::string name, const Tensor& tensor) {
+    items.push_back({std::move(name), nullptr, tensor});
   };
   auto linear = [&](const LinearWeight& weight) {
-    items.push_back({weight.name + ".weight", &weight, nullptr, ScalarType::kFloat32, {}});
-    if (weight.bias != nullptr) {
-      dense(weight.name + ".bias", weight.bias, ScalarType::kFloat32, {weight.out_features});
-    }
+    items.push_back({weight.name + ".weight", &weight, Tensor()});
+    if (weight.bias.defined()) dense(weight.name + ".bias", weight.bias);
   };
-  dense("model.embed_tokens.weight", w.embed_tokens, w.embed_dtype, {c.vocab_size, c.hidden_size});
+  dense("model.embed_tokens.weight", w.embed_tokens);
   for (size_t i = 0; i < w.layers.size(); ++i) {
     const LayerWeights& layer = w.layers[i];
     const std::string prefix = absl::StrCat("model.layers.", i, ".");
     // Norm weights are resident in float32 whatever the checkpoint held.
-    dense(prefix + "input_layernorm.weight", layer.input_layernorm, ScalarType::kFloat32,
-          {c.hidden_size});
-    dense(prefix + "post_attention_layernorm.weight", layer.post_attention_layernorm,
-          ScalarType::kFloat32, {c.hidden_size});
+    dense(prefix + "input_layernorm.weight", layer.input_layernorm);
+    dense(prefix + "post_attention_layernorm.weight", layer.post_attention_layernorm);
     for (const LinearWeight* weight : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
                                        &layer.gate_proj, &layer.up_proj, &layer.down_proj}) {
       linear(*weight);
     }
   }
-  dense("model.norm.weight", w.final_norm, ScalarType::kFloat32, {c.hidden_size});
+  dense("model.norm.weight", w.final_norm);
   // A tied head is a view of the embedding; save_pretrained leaves it out and so do we.
   if (!c.tie_word_embeddings) linear(w.lm_head);
   std::sort(items.begin(), items.end(),
@@ -84,21 +77,23 @@ absl::StatusOr<ConvertSummary> ExportCheckpoint(const Model& model, const std::s
   ConvertProgress progress;
   progress.total = static_cast<int64_t>(items.size());
   std::vector<uint8_t> buffer;
+  std::vector<uint8_t> host;  // a resident tensor copied off its device
   for (const Item& item : items) {
-    std::vector<int64_t> shape = item.shape;
+    std::vector<int64_t> shape;
     if (item.linear != nullptr) {
       KBITD_RETURN_IF_ERROR(model.DequantizeLinear(item.linear->name, dtype, &buffer, &shape));
       summary.bytes_read += static_cast<uint64_t>(item.linear->resident_bytes());
       ++summary.converted;
     } else {
-      if (item.data == nullptr) {
+      if (!item.tensor.defined()) {
         return absl::InternalError(
             absl::StrCat("model ", model.name(), ": tensor \"", item.name, "\" is not resident"));
       }
-      int64_t n = 1;
-      for (int64_t d : shape) n *= d;
-      CastElements(item.data, item.dtype, static_cast<size_t>(n), dtype, &buffer);
-      summary.bytes_read += static_cast<uint64_t>(n) * ScalarTypeSize(item.dtype);
+      shape.assign(item.tensor.shape.begin(), item.tensor.shape.begin() + item.tensor.rank);
+      KBITD_RETURN_IF_ERROR(model.CopyToHost(item.tensor, &host));
+      CastElements(host.data(), item.tensor.dtype, static_cast<size_t>(item.tensor.numel()), dtype,
+                   &buffer);
+      summary.bytes_read += static_cast<uint64_t>(item.tensor.bytes());
       ++summary.copied;
     }
     KBITD_RETURN_IF_ERROR(writer->BeginGroup(buffer.size()));

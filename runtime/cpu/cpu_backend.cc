@@ -34,46 +34,50 @@ CpuBackend::CpuBackend(int num_threads) : device_(Device::Cpu()), pool_(num_thre
 
 void CpuBackend::Embedding(const ModelWeights& weights, const int32_t* tokens, Tensor out) {
   const int64_t hidden = out.dim(1);
+  const Tensor& embed = weights.embed_tokens;
   for (int64_t t = 0; t < out.dim(0); ++t) {
     const int64_t base = static_cast<int64_t>(tokens[t]) * hidden;
     float* dst = out.row(t);
-    if (weights.embed_dtype == ScalarType::kFloat32) {
-      std::memcpy(dst, static_cast<const float*>(weights.embed_tokens) + base, hidden * 4);
+    if (embed.dtype == ScalarType::kFloat32) {
+      std::memcpy(dst, embed.as<const float>() + base, hidden * 4);
     } else {
-      for (int64_t i = 0; i < hidden; ++i) {
-        dst[i] = LoadAsFloat(weights.embed_tokens, weights.embed_dtype, base + i);
-      }
+      for (int64_t i = 0; i < hidden; ++i) dst[i] = LoadAsFloat(embed.data, embed.dtype, base + i);
     }
   }
 }
 
 absl::Status CpuBackend::Linear(const LinearWeight& w, const Tensor& x, Tensor y) {
   if (auto s = CheckLinearShapes(w, x, y); !s.ok()) return s;
-  switch (w.format) {
-    case LinearWeight::Format::kDense:
-      return DenseLinear(w, x, y);
-    case LinearWeight::Format::kFourBit:
+  if (w.is_dense()) return DenseLinear(w, x, y);
+  switch (*w.quant_type) {
+    case quant::QuantType::kNf4:
+    case quant::QuantType::kFp4:
       return FourBitLinear(w, x, y);
-    case LinearWeight::Format::kInt8Rowwise:
+    case quant::QuantType::kInt8Rowwise:
       return Int8Linear(w, x, y);
+    case quant::QuantType::kInt8Blockwise:
+      break;
   }
-  return absl::InternalError("unknown linear format");
+  return absl::UnimplementedError(
+      absl::StrCat("linear ", w.name, ": 8-bit blockwise weights have no matmul"));
 }
 
 absl::Status CpuBackend::DenseLinear(const LinearWeight& w, const Tensor& x, Tensor y) {
   const int64_t m = x.dim(0), k = w.in_features;
+  const ScalarType dtype = w.dense.dtype;
+  const float* bias = w.bias.as<const float>();
   pool_.ParallelFor(w.out_features, RowGrain(k, m), [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(w.dense_dtype == ScalarType::kFloat32 ? 0 : k);
+    std::vector<float> scratch(dtype == ScalarType::kFloat32 ? 0 : k);
     for (int64_t n = begin; n < end; ++n) {
       const float* row;
-      if (w.dense_dtype == ScalarType::kFloat32) {
-        row = static_cast<const float*>(w.dense) + n * k;
+      if (dtype == ScalarType::kFloat32) {
+        row = w.dense.as<const float>() + n * k;
       } else {
-        for (int64_t i = 0; i < k; ++i) scratch[i] = LoadAsFloat(w.dense, w.dense_dtype, n * k + i);
+        for (int64_t i = 0; i < k; ++i) scratch[i] = LoadAsFloat(w.dense.data, dtype, n * k + i);
         row = scratch.data();
       }
-      const float bias = w.bias != nullptr ? w.bias[n] : 0.0f;
-      for (int64_t t = 0; t < m; ++t) y.row(t)[n] = cpu::Dot(row, x.row(t), k) + bias;
+      const float b = bias != nullptr ? bias[n] : 0.0f;
+      for (int64_t t = 0; t < m; ++t) y.row(t)[n] = cpu::Dot(row, x.row(t), k) + b;
     }
   });
   return absl::OkStatus();
@@ -82,6 +86,10 @@ absl::Status CpuBackend::DenseLinear(const LinearWeight& w, const Tensor& x, Ten
 absl::Status CpuBackend::FourBitLinear(const LinearWeight& w, const Tensor& x, Tensor y) {
   const int64_t m = x.dim(0), k = w.in_features, bs = w.blocksize;
   const float* code = w.code.data();
+  const uint8_t* packed_weight = w.packed.as<const uint8_t>();
+  const float* absmax = w.absmax.as<const float>();
+  const float* bias_values = w.bias.as<const float>();
+  const bool nested = w.nested();
   if (k % bs != 0 || bs % 32 != 0) {
     // Blocks straddle rows (bnb takes its dequantize + matmul path here too): per element.
     pool_.ParallelFor(w.out_features, RowGrain(k, m), [&](int64_t begin, int64_t end) {
@@ -89,10 +97,10 @@ absl::Status CpuBackend::FourBitLinear(const LinearWeight& w, const Tensor& x, T
       for (int64_t n = begin; n < end; ++n) {
         for (int64_t i = 0; i < k; ++i) {
           int64_t idx = n * k + i;
-          uint8_t byte = w.packed[idx / 2];
+          uint8_t byte = packed_weight[idx / 2];
           row[i] = code[(idx % 2 == 0) ? (byte >> 4) : (byte & 0xF)] * FourBitScale(w, idx / bs);
         }
-        const float bias = w.bias != nullptr ? w.bias[n] : 0.0f;
+        const float bias = bias_values != nullptr ? bias_values[n] : 0.0f;
         for (int64_t t = 0; t < m; ++t) y.row(t)[n] = cpu::Dot(row.data(), x.row(t), k) + bias;
       }
     });
@@ -108,18 +116,18 @@ absl::Status CpuBackend::FourBitLinear(const LinearWeight& w, const Tensor& x, T
     for (int64_t t = 0; t < m; ++t) cpu::DeinterleaveForDot4bit(x.row(t), k, xd.data() + t * k);
   }
   pool_.ParallelFor(w.out_features, RowGrain(k, m), [&](int64_t begin, int64_t end) {
-    std::vector<float> scales(w.nested ? blocks_per_row : 0);
+    std::vector<float> scales(nested ? blocks_per_row : 0);
     std::vector<float> row(fused ? 0 : k);
     for (int64_t n = begin; n < end; ++n) {
       const float* s;
-      if (w.nested) {
+      if (nested) {
         FourBitScales(w, n * blocks_per_row, blocks_per_row, scales.data());
         s = scales.data();
       } else {
-        s = w.absmax + n * blocks_per_row;
+        s = absmax + n * blocks_per_row;
       }
-      const uint8_t* packed = w.packed + n * k / 2;
-      const float bias = w.bias != nullptr ? w.bias[n] : 0.0f;
+      const uint8_t* packed = packed_weight + n * k / 2;
+      const float bias = bias_values != nullptr ? bias_values[n] : 0.0f;
       if (fused) {
         for (int64_t t = 0; t < m; ++t) {
           y.row(t)[n] = cpu::Dot4bit(packed, s, code, xd.data() + t * k, k, bs) + bias;
@@ -139,6 +147,9 @@ absl::Status CpuBackend::Int8Linear(const LinearWeight& w, const Tensor& x, Tens
   // token's result depend on what else is batched with it; per token it is batch-invariant.
   // Each thread takes a slice of output features.
   const int64_t m = x.dim(0), k = w.in_features;
+  const int8_t* cb = w.cb.as<const int8_t>();
+  const float* scb = w.scb.as<const float>();
+  const float* bias = w.bias.as<const float>();
   absl::Mutex error_mu;
   absl::Status error;  // the first failure of any chunk
   pool_.ParallelFor(w.out_features, RowGrain(k, m), [&](int64_t begin, int64_t end) {
@@ -146,8 +157,8 @@ absl::Status CpuBackend::Int8Linear(const LinearWeight& w, const Tensor& x, Tens
     std::vector<float> out(n);
     for (int64_t t = 0; t < m; ++t) {
       absl::Status s =
-          quant::Int8Linear(x.row(t), ScalarType::kFloat32, 1, k, w.cb + begin * k, w.scb + begin,
-                            n, w.bias ? w.bias + begin : nullptr, w.threshold, out.data());
+          quant::Int8Linear(x.row(t), ScalarType::kFloat32, 1, k, cb + begin * k, scb + begin, n,
+                            bias ? bias + begin : nullptr, w.threshold, out.data());
       if (!s.ok()) {
         absl::MutexLock lock(&error_mu);
         if (error.ok()) error = s;

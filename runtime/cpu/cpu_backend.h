@@ -3,7 +3,6 @@
 // quant's int8 functions. Owned and driven by one engine thread.
 #pragma once
 
-#include <algorithm>
 #include <memory>
 
 #include "runtime/backend.h"
@@ -40,32 +39,5 @@ class CpuBackend : public Backend {
   Device device_;
   ThreadPool pool_;
 };
-
-// Block scales of a 4-bit weight: absmax[b], or its double-quantized reconstruction
-// f32(nested_code[codes[b]] * nested_absmax[b / nested_blocksize]) + offset (bnb-spec §4).
-inline float FourBitScale(const LinearWeight& w, int64_t block) {
-  if (!w.nested) return w.absmax[block];
-  float v = w.nested_code[w.absmax_codes[block]] * w.nested_absmax[block / w.nested_blocksize];
-  return v + w.nested_offset;
-}
-
-// FourBitScale for `count` consecutive blocks from `first`, without a division per block (the
-// nested group advances every nested_blocksize blocks): the double-quant decode loop's hot path.
-inline void FourBitScales(const LinearWeight& w, int64_t first, int64_t count, float* out) {
-  if (!w.nested) {
-    std::copy_n(w.absmax + first, count, out);
-    return;
-  }
-  int64_t group = first / w.nested_blocksize;
-  int64_t group_end = (group + 1) * w.nested_blocksize;
-  for (int64_t b = first; b < first + count; ++b) {
-    if (b == group_end) {
-      ++group;
-      group_end += w.nested_blocksize;
-    }
-    float v = w.nested_code[w.absmax_codes[b]] * w.nested_absmax[group];
-    out[b - first] = v + w.nested_offset;
-  }
-}
 
 }  // namespace kbitd::runtime

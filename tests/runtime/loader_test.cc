@@ -71,10 +71,10 @@ TEST(LoaderTest, QuantizeOnLoadSkipsLmHeadAndCountsBytes) {
   auto model = LoadModel(options);
   ASSERT_TRUE(model.ok()) << model.status();
   const Model& m = **model;
-  EXPECT_EQ(m.FindLinear("lm_head")->format, LinearWeight::Format::kDense);
+  EXPECT_TRUE(m.FindLinear("lm_head")->is_dense());
   const LinearWeight* q_proj = m.FindLinear("model.layers.0.self_attn.q_proj");
   ASSERT_NE(q_proj, nullptr);
-  EXPECT_EQ(q_proj->format, LinearWeight::Format::kFourBit);
+  EXPECT_EQ(q_proj->quant_type, quant::QuantType::kNf4);
   EXPECT_EQ(m.parameter_count(), 123200);
   EXPECT_GT(progress_calls, 20);
   // 4-bit layers + fp32 embedding, head and norms.
@@ -98,11 +98,10 @@ TEST(LoaderTest, SkipModulesReplaceTheDefault) {
   options.quantization = q;
   auto model = LoadModel(options);
   ASSERT_TRUE(model.ok()) << model.status();
-  EXPECT_EQ((*model)->FindLinear("model.layers.1.mlp.up_proj")->format,
-            LinearWeight::Format::kDense);
-  EXPECT_EQ((*model)->FindLinear("model.layers.1.self_attn.o_proj")->format,
-            LinearWeight::Format::kInt8Rowwise);
-  EXPECT_EQ((*model)->FindLinear("lm_head")->format, LinearWeight::Format::kInt8Rowwise);
+  EXPECT_TRUE((*model)->FindLinear("model.layers.1.mlp.up_proj")->is_dense());
+  EXPECT_EQ((*model)->FindLinear("model.layers.1.self_attn.o_proj")->quant_type,
+            quant::QuantType::kInt8Rowwise);
+  EXPECT_EQ((*model)->FindLinear("lm_head")->quant_type, quant::QuantType::kInt8Rowwise);
 }
 
 TEST(LoaderTest, MaxMemoryIsEnforced) {

@@ -97,7 +97,7 @@ TEST_P(ExportCheckpointTest, ReloadsWithDequantizedWeightsAndSameLogits) {
   for (const std::string& name : quantized->LinearNames()) {
     const LinearWeight* reloaded = exported->FindLinear(name);
     ASSERT_NE(reloaded, nullptr) << name;
-    EXPECT_EQ(reloaded->format, LinearWeight::Format::kDense) << name;
+    EXPECT_TRUE(reloaded->is_dense()) << name;
     std::vector<uint8_t> expected, actual;
     std::vector<int64_t> shape, reloaded_shape;
     ASSERT_TRUE(quantized->DequantizeLinear(name, ScalarType::kFloat32, &expected, &shape).ok());

@@ -92,28 +92,3 @@ TEST(CpuKernelsTest, DotAndAxpyMatchReferenceWithTails) {
 
 }  // namespace
 }  // namespace kbitd::runtime::cpu
-
-namespace kbitd::runtime {
-namespace {
-
-TEST(CpuKernelsTest, RowScalesEqualPerBlockScalesAcrossNestedGroups) {
-  LinearWeight w;
-  w.nested = true;
-  w.nested_blocksize = 4;
-  std::vector<uint8_t> codes(40);
-  std::vector<float> nested_absmax(10);
-  for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>(i * 37 % 256);
-  for (size_t i = 0; i < nested_absmax.size(); ++i) nested_absmax[i] = 0.5f + 0.25f * i;
-  for (int i = 0; i < 256; ++i) w.nested_code[i] = (i - 128) / 127.0f;
-  w.absmax_codes = codes.data();
-  w.nested_absmax = nested_absmax.data();
-  w.nested_offset = 0.125f;
-  for (int64_t first : {0, 3, 4, 7, 13}) {
-    std::vector<float> row(17);
-    FourBitScales(w, first, 17, row.data());
-    for (int64_t b = 0; b < 17; ++b) EXPECT_EQ(row[b], FourBitScale(w, first + b)) << first + b;
-  }
-}
-
-}  // namespace
-}  // namespace kbitd::runtime
