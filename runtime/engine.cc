@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "runtime/cpu/cpu_backend.h"
 #include "runtime/kv_cache.h"
 #include "runtime/llama_forward.h"
 #include "runtime/sampler.h"
@@ -26,7 +25,6 @@ struct Engine::Impl {
   std::shared_ptr<const Model> model;
   Options options;
   int32_t max_context = 0;
-  std::unique_ptr<CpuBackend> backend;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<LlamaForward> forward;
   std::unordered_map<uint64_t, Sequence> sequences;
@@ -38,7 +36,7 @@ Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
-                                                       const Options& options) {
+                                                       Backend& backend, const Options& options) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine::Create: model is null");
   if (options.kv_block_size <= 0 || options.kv_cache_bytes < 0 || options.kv_cache_tokens < 0 ||
       options.max_batch_size <= 0 || options.max_context < 0 ||
@@ -68,15 +66,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   kv.num_kv_heads = c.num_key_value_heads;
   kv.head_dim = c.head_dim;
   kv.block_size = options.kv_block_size;
+  kv.dtype = backend.KvCacheDtype(model->compute_dtype());
   KvCacheBudget budget{.bytes = options.kv_cache_bytes,
                        .tokens = options.kv_cache_tokens,
                        .max_context = impl->max_context,
                        .max_batch_size = options.max_batch_size};
-  KBITD_RETURN_IF_ERROR(SetAvailableMemory(*model->host_pool(), &budget));
+  KBITD_RETURN_IF_ERROR(SetAvailableMemory(*model->pool(), model->name(), &budget));
   KBITD_ASSIGN_OR_RETURN(kv.num_blocks, KvCacheBlocks(kv, budget));
-  KBITD_ASSIGN_OR_RETURN(impl->cache, KvCache::Create(kv, *model->host_pool(), model->name()));
-  impl->backend = std::make_unique<CpuBackend>(options.num_threads);
-  impl->forward = std::make_unique<LlamaForward>(*model, *impl->backend);
+  // The forward first: it checks that the backend runs on the model's device.
+  KBITD_ASSIGN_OR_RETURN(impl->forward, LlamaForward::Create(*model, backend));
+  KBITD_ASSIGN_OR_RETURN(impl->cache, KvCache::Create(kv, *model->pool(), model->name()));
   impl->model = std::move(model);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
@@ -187,11 +186,19 @@ absl::StatusOr<std::vector<SampledToken>> Engine::Step(const std::vector<Sequenc
   for (const SequenceWork& item : work) {
     Impl::Sequence& seq = impl_->sequences.at(item.sequence_id);
     KBITD_RETURN_IF_ERROR(impl_->cache->Reserve(item.sequence_id, seq.processed + item.num_tokens));
-    const std::vector<int32_t>* table = impl_->cache->BlockTable(item.sequence_id);
+    batch.max_blocks = std::max<int64_t>(
+        batch.max_blocks, static_cast<int64_t>(impl_->cache->BlockTable(item.sequence_id)->size()));
+  }
+  batch.block_tables.resize(work.size() * batch.max_blocks);
+  for (size_t s = 0; s < work.size(); ++s) {
+    const SequenceWork& item = work[s];
+    Impl::Sequence& seq = impl_->sequences.at(item.sequence_id);
+    KBITD_RETURN_IF_ERROR(impl_->cache->FillBlockTable(
+        item.sequence_id, batch.max_blocks, batch.block_tables.data() + s * batch.max_blocks));
     for (int32_t i = 0; i < item.num_tokens; ++i) {
       batch.tokens.push_back(seq.tokens[seq.processed + i]);
-      batch.attention.positions.push_back(seq.processed + i);
-      batch.attention.tables.push_back(table);
+      batch.positions.push_back(seq.processed + i);
+      batch.token_sequence.push_back(static_cast<int32_t>(s));
     }
     if (seq.processed + item.num_tokens == static_cast<int32_t>(seq.tokens.size())) {
       batch.logit_rows.push_back(static_cast<int32_t>(batch.tokens.size()) - 1);

@@ -1,7 +1,7 @@
-// Runs a loaded Model: owns its paged KV cache, a backend and the per-sequence state (tokens,
-// sampling parameters, RNG counter). Step() runs prefill chunks and decode tokens of different
-// sequences together in one batched forward, then samples. Not thread-safe: one scheduler thread
-// drives an Engine (the Model itself may be shared).
+// Runs a loaded Model on its device's backend: owns its paged KV cache (from the device's pool)
+// and the per-sequence state (tokens, sampling parameters, RNG counter). Step() runs prefill chunks
+// and decode tokens of different sequences together in one batched forward, then samples. Not
+// thread-safe: one scheduler thread drives an Engine (the Model itself may be shared).
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/backend.h"
 #include "runtime/kernel_observer.h"
 #include "runtime/model.h"
 #include "runtime/sampling_params.h"
@@ -39,7 +40,6 @@ class Engine {
     int64_t kv_cache_bytes = 0;
     int64_t kv_cache_tokens = 0;
     int32_t max_batch_size = 64;  // sequences the scheduler runs at once (limits.max_batch_size)
-    int32_t num_threads = 0;      // CPU backend threads; 0 = hardware concurrency
     int32_t max_context = 0;      // tokens per sequence; 0 = config max_position_embeddings
                                   // (capped by sliding_window)
     // Kernel latency sampling: with an observer (not owned; must outlive the engine), the kernels
@@ -51,8 +51,11 @@ class Engine {
   };
   // RESOURCE_EXHAUSTED (naming the device, bytes needed and available) when the KV cache does not
   // fit; INVALID_ARGUMENT for bad options or kv_cache_bytes below one max_context sequence.
+  // `backend` is the backend of the model's device (DeviceSet::BackendFor(model->device())),
+  // shared with the other engines there; it must outlive the engine. INVALID_ARGUMENT when it
+  // runs on another device.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
-                                                        const Options& options);
+                                                        Backend& backend, const Options& options);
   ~Engine();
 
   const Model& model() const;

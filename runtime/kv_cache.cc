@@ -10,6 +10,12 @@ namespace kbitd::runtime {
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& options, MemoryPool& pool,
                                                          const std::string& owner) {
+  if (options.dtype != ScalarType::kFloat32 && options.dtype != ScalarType::kFloat16 &&
+      options.dtype != ScalarType::kBFloat16) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache dtype ",
+                                                   std::string(TorchDtypeName(options.dtype)),
+                                                   " is not float32, float16 or bfloat16"));
+  }
   if (options.num_layers <= 0 || options.num_kv_heads <= 0 || options.head_dim <= 0 ||
       options.block_size <= 0 || options.num_blocks <= 0 || options.num_blocks > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -21,12 +27,14 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& options,
   const size_t bytes = static_cast<size_t>(options.num_blocks * BlockBytes(options) / 2);
   KBITD_ASSIGN_OR_RETURN(Buffer keys, pool.Allocate(bytes, MemoryCategory::kKvCache, owner));
   KBITD_ASSIGN_OR_RETURN(Buffer values, pool.Allocate(bytes, MemoryCategory::kKvCache, owner));
-  return std::unique_ptr<KvCache>(new KvCache(options, std::move(keys), std::move(values)));
+  auto cache = std::unique_ptr<KvCache>(new KvCache(options, std::move(keys), std::move(values)));
+  cache->device_ = pool.device();
+  return cache;
 }
 
 int64_t KvCache::BlockBytes(const Options& options) {
   return 2 * options.num_layers * options.block_size * options.num_kv_heads * options.head_dim *
-         static_cast<int64_t>(sizeof(float));
+         static_cast<int64_t>(ScalarTypeSize(options.dtype));
 }
 
 KvCache::KvCache(const Options& options, Buffer keys, Buffer values)
@@ -68,6 +76,32 @@ void KvCache::Free(uint64_t sequence) {
 const std::vector<int32_t>* KvCache::BlockTable(uint64_t sequence) const {
   auto it = tables_.find(sequence);
   return it == tables_.end() ? nullptr : &it->second;
+}
+
+absl::Status KvCache::FillBlockTable(uint64_t sequence, int64_t max_blocks, int32_t* row) const {
+  auto it = tables_.find(sequence);
+  if (it == tables_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: unknown sequence ", sequence));
+  }
+  const std::vector<int32_t>& table = it->second;
+  if (static_cast<int64_t>(table.size()) > max_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: sequence ", sequence, " has ",
+                                                   table.size(), " blocks, more than the ",
+                                                   max_blocks, " of the table"));
+  }
+  std::copy(table.begin(), table.end(), row);
+  std::fill(row + table.size(), row + max_blocks, 0);
+  return absl::OkStatus();
+}
+
+Tensor KvCache::LayerView(const Buffer& buffer, int64_t layer) const {
+  const int64_t layer_elements =
+      options_.num_blocks * options_.block_size * options_.num_kv_heads * options_.head_dim;
+  char* base = buffer.as<char>() + layer * layer_elements * ScalarTypeSize(options_.dtype);
+  return Tensor::Make(
+      base, options_.dtype,
+      {options_.num_blocks, options_.block_size, options_.num_kv_heads, options_.head_dim},
+      device_);
 }
 
 absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCacheBudget& budget) {
@@ -117,7 +151,8 @@ absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCac
   return blocks;
 }
 
-absl::Status SetAvailableMemory(const MemoryPool& pool, KvCacheBudget* budget) {
+absl::Status SetAvailableMemory(const MemoryPool& pool, const std::string& owner,
+                                KvCacheBudget* budget) {
   budget->device = pool.device().ToString();
   if (!pool.device().is_cpu()) {
     return absl::UnimplementedError(absl::StrCat("sizing a KV cache on ", budget->device,
@@ -126,14 +161,12 @@ absl::Status SetAvailableMemory(const MemoryPool& pool, KvCacheBudget* budget) {
   KBITD_ASSIGN_OR_RETURN(HostMemory host, ReadHostMemory());
   budget->available_bytes = host.available_bytes;
   budget->available_source = host.source;
-  if (pool.max_bytes() > 0) {
-    const int64_t used = pool.used_bytes();
-    const int64_t left = std::max<int64_t>(0, pool.max_bytes() - used);
-    if (left < budget->available_bytes) {
-      budget->available_bytes = left;
-      budget->available_source =
-          absl::StrCat("max_memory ", pool.max_bytes(), " minus ", used, " bytes in use");
-    }
+  const int64_t left = pool.owner_bytes_left(owner);
+  if (left >= 0 && left < budget->available_bytes) {
+    budget->available_bytes = left;
+    budget->available_source = absl::StrCat(
+        "what is left of max_memory for ", owner, " on ", budget->device, ": ", pool.used_bytes(),
+        " bytes of the device in use, ", pool.owner_bytes(owner), " of them by ", owner);
   }
   return absl::OkStatus();
 }

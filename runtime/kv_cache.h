@@ -1,8 +1,10 @@
 // Paged KV cache (the vLLM PagedAttention layout, Kwon et al. 2023): keys and values live in
 // fixed-size blocks of `block_size` token slots; each sequence owns a block table (logical block
-// -> physical block) and free blocks sit in a free list. float32 storage, per layer
-// [num_blocks, block_size, num_kv_heads, head_dim] for K and for V. Not thread-safe (the engine
-// thread owns it); backends read and write slots concurrently within one step.
+// -> physical block) and free blocks sit in a free list. One cache per device, allocated from that
+// device's pool, in the dtype the backend asks for (float32 on the CPU). Per layer, K and V are
+// [num_blocks, block_size, num_kv_heads, head_dim]. The block tables are kept on the host and
+// exported each step as an int32 tensor [sequences, max_blocks] (FillBlockTable). Not thread-safe
+// (the engine thread owns it); backends read and write slots concurrently within one step.
 #pragma once
 
 #include <cstdint>
@@ -24,8 +26,9 @@ class KvCache {
     int64_t head_dim = 0;
     int64_t block_size = 16;
     int64_t num_blocks = 0;
+    ScalarType dtype = ScalarType::kFloat32;  // float32, float16 or bfloat16
   };
-  // Allocates all blocks up front from `pool` (category kv_cache, owner `owner`).
+  // Allocates all blocks up front from `pool` (category kv_cache, owner `owner`), on its device.
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const Options& options, MemoryPool& pool,
                                                          const std::string& owner);
   // Bytes of one block: keys and values of `block_size` tokens in every layer.
@@ -47,26 +50,23 @@ class KvCache {
   void Free(uint64_t sequence);  // returns its blocks to the free list; unknown id: no-op
   const std::vector<int32_t>* BlockTable(uint64_t sequence) const;
 
-  // Pointers to the [num_kv_heads, head_dim] slot of token `position` of a block table.
-  float* KeySlot(int64_t layer, const std::vector<int32_t>& table, int64_t position) const {
-    return Slot(keys_, layer, table, position);
-  }
-  float* ValueSlot(int64_t layer, const std::vector<int32_t>& table, int64_t position) const {
-    return Slot(values_, layer, table, position);
-  }
-  int64_t slot_floats() const { return options_.num_kv_heads * options_.head_dim; }
+  // Copies the block table of `sequence` into row[0, max_blocks), zero-padded; INVALID_ARGUMENT
+  // for an unknown sequence or a table longer than max_blocks.
+  absl::Status FillBlockTable(uint64_t sequence, int64_t max_blocks, int32_t* row) const;
+
+  const Device& device() const { return device_; }
+  ScalarType dtype() const { return options_.dtype; }
+  int64_t num_layers() const { return options_.num_layers; }
+  // Keys / values of `layer`: [num_blocks, block_size, num_kv_heads, head_dim] on device().
+  Tensor keys(int64_t layer) const { return LayerView(keys_, layer); }
+  Tensor values(int64_t layer) const { return LayerView(values_, layer); }
 
  private:
   KvCache(const Options& options, Buffer keys, Buffer values);
-  float* Slot(const Buffer& buffer, int64_t layer, const std::vector<int32_t>& table,
-              int64_t position) const {
-    int64_t block = table[position / options_.block_size];
-    int64_t offset = position % options_.block_size;
-    return buffer.as<float>() +
-           ((layer * options_.num_blocks + block) * options_.block_size + offset) * slot_floats();
-  }
+  Tensor LayerView(const Buffer& buffer, int64_t layer) const;
 
   Options options_;
+  Device device_;
   Buffer keys_;
   Buffer values_;
   std::vector<int32_t> free_;  // LIFO free list of physical blocks
@@ -104,9 +104,11 @@ inline constexpr double kDefaultKvCacheFraction = 0.125;
 // does not fit in available_bytes.
 absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCacheBudget& budget);
 
-// Sets budget->device and the available bytes of `pool`'s device: the host's available memory
-// (runtime/host_memory.h), cut to what is left of the pool's max_memory when it has one.
+// Sets budget->device and the available bytes of `pool`'s device for `owner`: the host's available
+// memory (runtime/host_memory.h), cut to what is left of the device's max_memory and of the
+// owner's own limit (MemoryPool::LimitOwner).
 // UNIMPLEMENTED for a pool on another device (only the host's free memory can be read so far).
-absl::Status SetAvailableMemory(const MemoryPool& pool, KvCacheBudget* budget);
+absl::Status SetAvailableMemory(const MemoryPool& pool, const std::string& owner,
+                                KvCacheBudget* budget);
 
 }  // namespace kbitd::runtime

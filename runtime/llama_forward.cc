@@ -36,49 +36,91 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
   return inv_freq;
 }
 
-LlamaForward::LlamaForward(const Model& model, Backend& backend)
-    : model_(model), backend_(backend), inv_freq_(RopeInverseFrequencies(model.config())) {}
+// Where each tensor of a step sits in the workspace: byte offsets, for a capacity of `tokens`
+// tokens, `sequences` sequences of `max_blocks` KV blocks and `rows` logit rows.
+struct LlamaForward::Layout {
+  int64_t tokens = 0, sequences = 0, max_blocks = 0, rows = 0;
+  // Activations (activation dtype).
+  int64_t hidden, normed, q, k, v, attn, o, gate, up, act, down, gathered;
+  // Step inputs (int32) and logits (float32).
+  int64_t token_ids, positions, token_sequence, block_tables, logit_rows, logits;
+  int64_t total = 0;
 
-namespace {
-struct Layout {
-  int64_t hidden, normed, q, k, v, attn, o, gate, up, act, down, gathered, logits, total;
+  Layout(const ModelConfig& c, ScalarType activation, int64_t t, int64_t s, int64_t b, int64_t r)
+      : tokens(t), sequences(s), max_blocks(b), rows(r) {
+    const int64_t a = static_cast<int64_t>(ScalarTypeSize(activation));
+    // 256-byte alignment: what vectorised loads and CUDA kernels want of every tensor.
+    auto take = [&](int64_t bytes) {
+      int64_t at = total;
+      total += (bytes + 255) / 256 * 256;
+      return at;
+    };
+    hidden = take(t * c.hidden_size * a);
+    normed = take(t * c.hidden_size * a);
+    q = take(t * c.q_size() * a);
+    k = take(t * c.kv_size() * a);
+    v = take(t * c.kv_size() * a);
+    attn = take(t * c.q_size() * a);
+    o = take(t * c.hidden_size * a);
+    gate = take(t * c.intermediate_size * a);
+    up = take(t * c.intermediate_size * a);
+    act = take(t * c.intermediate_size * a);
+    down = take(t * c.hidden_size * a);
+    gathered = take(r * c.hidden_size * a);
+    token_ids = take(t * 4);
+    positions = take(t * 4);
+    token_sequence = take(t * 4);
+    block_tables = take(s * b * 4);
+    logit_rows = take(r * 4);
+    logits = take(r * c.vocab_size * 4);
+  }
+  bool Holds(int64_t t, int64_t s, int64_t b, int64_t r) const {
+    return t <= tokens && s <= sequences && b <= max_blocks && r <= rows;
+  }
 };
-Layout MakeLayout(const ModelConfig& c, int64_t t, int64_t r) {
-  Layout l;
-  int64_t off = 0;
-  auto take = [&](int64_t floats) {
-    int64_t at = off;
-    off += (floats + 15) / 16 * 16;
-    return at;
-  };
-  l.hidden = take(t * c.hidden_size);
-  l.normed = take(t * c.hidden_size);
-  l.q = take(t * c.q_size());
-  l.k = take(t * c.kv_size());
-  l.v = take(t * c.kv_size());
-  l.attn = take(t * c.q_size());
-  l.o = take(t * c.hidden_size);
-  l.gate = take(t * c.intermediate_size);
-  l.up = take(t * c.intermediate_size);
-  l.act = take(t * c.intermediate_size);
-  l.down = take(t * c.hidden_size);
-  l.gathered = take(r * c.hidden_size);
-  l.logits = take(r * c.vocab_size);
-  l.total = off;
-  return l;
-}
-}  // namespace
 
-absl::Status LlamaForward::EnsureWorkspace(int64_t tokens, int64_t rows) {
-  if (tokens <= capacity_tokens_ && rows <= capacity_rows_) return absl::OkStatus();
-  int64_t t = std::max(tokens, capacity_tokens_), r = std::max(rows, capacity_rows_);
-  Layout layout = MakeLayout(model_.config(), t, r);
+LlamaForward::LlamaForward(const Model& model, Backend& backend)
+    : model_(model),
+      backend_(backend),
+      activation_dtype_(backend.ActivationDtype(model.compute_dtype())) {}
+
+LlamaForward::~LlamaForward() = default;
+
+absl::StatusOr<std::unique_ptr<LlamaForward>> LlamaForward::Create(const Model& model,
+                                                                   Backend& backend) {
+  if (!(backend.device() == model.device())) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", model.name(), " is on ",
+                                                   model.device().ToString(), ", the backend on ",
+                                                   backend.device().ToString()));
+  }
+  std::unique_ptr<LlamaForward> forward(new LlamaForward(model, backend));
+  const std::vector<float> inv_freq = RopeInverseFrequencies(model.config());
+  const int64_t n = static_cast<int64_t>(inv_freq.size());
+  KBITD_ASSIGN_OR_RETURN(
+      forward->constants_,
+      model.pool()->Allocate(n * sizeof(float), MemoryCategory::kWorkspace, model.name()));
+  forward->inv_freq_ = forward->constants_.View(ScalarType::kFloat32, {n});
+  KBITD_RETURN_IF_ERROR(
+      backend.CopyTo(Tensor::Host(inv_freq.data(), ScalarType::kFloat32, {n}), forward->inv_freq_));
+  KBITD_RETURN_IF_ERROR(backend.Synchronize());  // inv_freq (a local) must outlive the copy
+  return forward;
+}
+
+absl::Status LlamaForward::EnsureWorkspace(const ForwardBatch& batch) {
+  const int64_t t = static_cast<int64_t>(batch.tokens.size());
+  const int64_t s = batch.num_sequences(), b = batch.max_blocks;
+  const int64_t r = static_cast<int64_t>(batch.logit_rows.size());
+  if (layout_ != nullptr && layout_->Holds(t, s, b, r)) return absl::OkStatus();
+  const Layout* old = layout_.get();
+  auto grown = std::make_unique<Layout>(
+      model_.config(), activation_dtype_, std::max(t, old ? old->tokens : 0),
+      std::max(s, old ? old->sequences : 0), std::max(b, old ? old->max_blocks : 0),
+      std::max(r, old ? old->rows : 0));
   workspace_.Reset();
-  KBITD_ASSIGN_OR_RETURN(workspace_,
-                         model_.host_pool()->Allocate(layout.total * sizeof(float),
-                                                      MemoryCategory::kWorkspace, model_.name()));
-  capacity_tokens_ = t;
-  capacity_rows_ = r;
+  layout_.reset();
+  KBITD_ASSIGN_OR_RETURN(
+      workspace_, model_.pool()->Allocate(grown->total, MemoryCategory::kWorkspace, model_.name()));
+  layout_ = std::move(grown);
   return absl::OkStatus();
 }
 
@@ -95,75 +137,112 @@ absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
   const ModelWeights& w = model_.weights();
   const int64_t t = static_cast<int64_t>(batch.tokens.size());
   const int64_t r = static_cast<int64_t>(batch.logit_rows.size());
+  const int64_t s = batch.num_sequences();
   if (t == 0) return absl::InvalidArgumentError("forward batch has no tokens");
-  KBITD_RETURN_IF_ERROR(EnsureWorkspace(t, r));
-  const Layout l = MakeLayout(c, capacity_tokens_, capacity_rows_);
-  Tensor hidden = Tensor::F32(Slice(l.hidden), {t, c.hidden_size});
-  Tensor normed = Tensor::F32(Slice(l.normed), {t, c.hidden_size});
-  Tensor q = Tensor::F32(Slice(l.q), {t, c.q_size()});
-  Tensor k = Tensor::F32(Slice(l.k), {t, c.kv_size()});
-  Tensor v = Tensor::F32(Slice(l.v), {t, c.kv_size()});
-  Tensor attn = Tensor::F32(Slice(l.attn), {t, c.q_size()});
-  Tensor o = Tensor::F32(Slice(l.o), {t, c.hidden_size});
-  Tensor gate = Tensor::F32(Slice(l.gate), {t, c.intermediate_size});
-  Tensor up = Tensor::F32(Slice(l.up), {t, c.intermediate_size});
-  Tensor act = Tensor::F32(Slice(l.act), {t, c.intermediate_size});
-  Tensor down = Tensor::F32(Slice(l.down), {t, c.hidden_size});
+  if (static_cast<int64_t>(batch.positions.size()) != t ||
+      static_cast<int64_t>(batch.token_sequence.size()) != t || s <= 0 ||
+      static_cast<int64_t>(batch.block_tables.size()) != s * batch.max_blocks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("forward batch: ", t, " tokens, ", batch.positions.size(), " positions, ",
+                     batch.token_sequence.size(), " sequence indices, ", batch.block_tables.size(),
+                     " block table entries of ", batch.max_blocks, " per sequence"));
+  }
+  KBITD_RETURN_IF_ERROR(EnsureWorkspace(batch));
+  const Layout& l = *layout_;
+  const ScalarType ad = activation_dtype_;
+  char* base = workspace_.as<char>();
+  const Device device = workspace_.device();
+  auto at = [&](int64_t offset, ScalarType dtype, std::initializer_list<int64_t> dims) {
+    return Tensor::Make(base + offset, dtype, dims, device);
+  };
+  Tensor hidden = at(l.hidden, ad, {t, c.hidden_size});
+  Tensor normed = at(l.normed, ad, {t, c.hidden_size});
+  Tensor q = at(l.q, ad, {t, c.q_size()});
+  Tensor k = at(l.k, ad, {t, c.kv_size()});
+  Tensor v = at(l.v, ad, {t, c.kv_size()});
+  Tensor attn = at(l.attn, ad, {t, c.q_size()});
+  Tensor o = at(l.o, ad, {t, c.hidden_size});
+  Tensor gate = at(l.gate, ad, {t, c.intermediate_size});
+  Tensor up = at(l.up, ad, {t, c.intermediate_size});
+  Tensor act = at(l.act, ad, {t, c.intermediate_size});
+  Tensor down = at(l.down, ad, {t, c.hidden_size});
+
+  // The step's inputs go to the device once.
+  StepInputs step;
+  step.tokens = at(l.token_ids, ScalarType::kInt32, {t});
+  step.positions = at(l.positions, ScalarType::kInt32, {t});
+  step.token_sequence = at(l.token_sequence, ScalarType::kInt32, {t});
+  step.block_tables = at(l.block_tables, ScalarType::kInt32, {s, batch.max_blocks});
+  step.logit_rows = at(l.logit_rows, ScalarType::kInt32, {r});
+  auto upload = [&](const std::vector<int32_t>& host, Tensor dst) {
+    Tensor src = dst;
+    src.data = const_cast<int32_t*>(host.data());
+    src.device = Device::Cpu();
+    return backend_.CopyTo(src, dst);
+  };
+  KBITD_RETURN_IF_ERROR(upload(batch.tokens, step.tokens));
+  KBITD_RETURN_IF_ERROR(upload(batch.positions, step.positions));
+  KBITD_RETURN_IF_ERROR(upload(batch.token_sequence, step.token_sequence));
+  KBITD_RETURN_IF_ERROR(upload(batch.block_tables, step.block_tables));
+  if (r > 0) KBITD_RETURN_IF_ERROR(upload(batch.logit_rows, step.logit_rows));
+
   const float eps = static_cast<float>(c.rms_norm_eps);
   const ScalarType cd = model_.compute_dtype();
+  const AttentionShape attention_shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
   auto norm = [&](const Tensor& x, const Tensor& weight, Tensor y) {
     ScopedKernelTimer timer(observer, KernelKind::kNorm);
-    backend_.RmsNorm(x, weight.as<const float>(), eps, y);
+    return backend_.RmsNorm(x, weight, eps, y);
   };
 
   {
     ScopedKernelTimer timer(observer, KernelKind::kEmbedding);
-    backend_.Embedding(w, batch.tokens.data(), hidden);
+    KBITD_RETURN_IF_ERROR(backend_.Embedding(w.embed_tokens, step.tokens, hidden));
   }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const LayerWeights& layer = w.layers[i];
-    norm(hidden, layer.input_layernorm, normed);
-    backend_.RoundTo(normed, cd);
+    KBITD_RETURN_IF_ERROR(backend_.Prefetch(layer));
+    KBITD_RETURN_IF_ERROR(norm(hidden, layer.input_layernorm, normed));
+    KBITD_RETURN_IF_ERROR(backend_.RoundTo(normed, cd));
     KBITD_RETURN_IF_ERROR(Linear(layer.q_proj, normed, q, observer));
     KBITD_RETURN_IF_ERROR(Linear(layer.k_proj, normed, k, observer));
     KBITD_RETURN_IF_ERROR(Linear(layer.v_proj, normed, v, observer));
     {
       ScopedKernelTimer timer(observer, KernelKind::kRope);
-      backend_.Rope(q, k, c.head_dim, batch.attention.positions.data(), inv_freq_);
+      KBITD_RETURN_IF_ERROR(backend_.Rope(q, k, c.head_dim, step.positions, inv_freq_));
     }
     {
       ScopedKernelTimer timer(observer, KernelKind::kAttention);
-      backend_.WriteKv(cache, i, k, v, batch.attention);
-      backend_.Attention(cache, i, q, batch.attention, c.num_attention_heads, c.num_key_value_heads,
-                         c.head_dim, attn);
+      KBITD_RETURN_IF_ERROR(backend_.WriteKv(cache, i, k, v, step));
+      KBITD_RETURN_IF_ERROR(backend_.Attention(cache, i, q, step, attention_shape, attn));
     }
-    backend_.RoundTo(attn, cd);
+    KBITD_RETURN_IF_ERROR(backend_.RoundTo(attn, cd));
     KBITD_RETURN_IF_ERROR(Linear(layer.o_proj, attn, o, observer));
-    backend_.Add(hidden, o);
-    norm(hidden, layer.post_attention_layernorm, normed);
-    backend_.RoundTo(normed, cd);
+    KBITD_RETURN_IF_ERROR(backend_.Add(hidden, o));
+    KBITD_RETURN_IF_ERROR(norm(hidden, layer.post_attention_layernorm, normed));
+    KBITD_RETURN_IF_ERROR(backend_.RoundTo(normed, cd));
     KBITD_RETURN_IF_ERROR(Linear(layer.gate_proj, normed, gate, observer));
     KBITD_RETURN_IF_ERROR(Linear(layer.up_proj, normed, up, observer));
     {
       ScopedKernelTimer timer(observer, KernelKind::kActivation);
-      backend_.SiluMul(gate, up, act);
+      KBITD_RETURN_IF_ERROR(backend_.SiluMul(gate, up, act));
     }
-    backend_.RoundTo(act, cd);
+    KBITD_RETURN_IF_ERROR(backend_.RoundTo(act, cd));
     KBITD_RETURN_IF_ERROR(Linear(layer.down_proj, act, down, observer));
-    backend_.Add(hidden, down);
+    KBITD_RETURN_IF_ERROR(backend_.Add(hidden, down));
   }
   logits->clear();
-  if (r == 0) return absl::OkStatus();
-  Tensor gathered = Tensor::F32(Slice(l.gathered), {r, c.hidden_size});
-  Tensor gathered_normed = Tensor::F32(Slice(l.normed), {r, c.hidden_size});
-  Tensor out = Tensor::F32(Slice(l.logits), {r, c.vocab_size});
-  backend_.GatherRows(hidden, batch.logit_rows, gathered);
-  norm(gathered, w.final_norm, gathered_normed);
-  backend_.RoundTo(gathered_normed, cd);
+  if (r == 0) return backend_.Synchronize();
+  Tensor gathered = at(l.gathered, ad, {r, c.hidden_size});
+  Tensor gathered_normed = at(l.normed, ad, {r, c.hidden_size});
+  Tensor out = at(l.logits, ScalarType::kFloat32, {r, c.vocab_size});
+  KBITD_RETURN_IF_ERROR(backend_.GatherRows(hidden, step.logit_rows, gathered));
+  KBITD_RETURN_IF_ERROR(norm(gathered, w.final_norm, gathered_normed));
+  KBITD_RETURN_IF_ERROR(backend_.RoundTo(gathered_normed, cd));
   KBITD_RETURN_IF_ERROR(Linear(w.lm_head, gathered_normed, out, observer));
   logits->resize(r * c.vocab_size);
-  backend_.CopyToHost(out, logits->data());
-  return absl::OkStatus();
+  KBITD_RETURN_IF_ERROR(
+      backend_.CopyTo(out, Tensor::Make(logits->data(), ScalarType::kFloat32, {r, c.vocab_size})));
+  return backend_.Synchronize();
 }
 
 }  // namespace kbitd::runtime

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -16,41 +17,54 @@
 
 namespace kbitd::runtime {
 
+// One step's batch on the host, as the engine builds it: T tokens of S sequences, flattened.
 struct ForwardBatch {
-  std::vector<int32_t> tokens;      // [T] flattened over sequences
-  AttentionBatch attention;         // position and block table of each token
-  std::vector<int32_t> logit_rows;  // rows of the batch whose logits are returned
+  std::vector<int32_t> tokens;          // [T]
+  std::vector<int32_t> positions;       // [T] position of each token in its sequence
+  std::vector<int32_t> token_sequence;  // [T] row of the token's sequence in block_tables
+  std::vector<int32_t> block_tables;    // [S * max_blocks] each sequence's KV block table, padded
+  int64_t max_blocks = 0;               // columns of block_tables
+  std::vector<int32_t> logit_rows;      // rows of the batch whose logits are returned
+  int64_t num_sequences() const {
+    return max_blocks > 0 ? static_cast<int64_t>(block_tables.size()) / max_blocks : 0;
+  }
 };
 
 // RoPE inverse frequencies (head_dim / 2 entries) with rope_scaling applied (transformers
 // modeling_rope_utils: _compute_default_rope_parameters, linear, _compute_llama3_parameters).
 std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
 
-// Not thread-safe: owned by one engine. Scratch activations come from the model's host pool
-// (category workspace) and grow with the largest batch seen.
+// Not thread-safe: owned by one engine and run by its device's worker. Activations, step inputs
+// and logits live in one workspace buffer from the model's device pool (category workspace),
+// laid out in bytes with the backend's activation dtype; it grows with the largest batch seen.
 class LlamaForward {
  public:
-  LlamaForward(const Model& model, Backend& backend);
+  // `backend` runs on the model's device; it must outlive the forward. Prepares the per-model
+  // constants (RoPE inverse frequencies) on the device.
+  static absl::StatusOr<std::unique_ptr<LlamaForward>> Create(const Model& model, Backend& backend);
+  ~LlamaForward();
 
   // Writes K/V of every token into `cache` and returns float32 logits
-  // [logit_rows.size(), vocab] in `logits`. With an `observer` (a sampled step) every backend
-  // call is timed and reported to it.
+  // [logit_rows.size(), vocab] in `logits` (copied to the host: the step's one sync point). With
+  // an `observer` (a sampled step) every backend call is timed and reported to it.
   absl::Status Run(const ForwardBatch& batch, KvCache& cache, std::vector<float>* logits,
                    KernelObserver* observer = nullptr);
 
  private:
+  struct Layout;
+  LlamaForward(const Model& model, Backend& backend);
   // backend_.Linear, timed as a quantized or dense matmul by the weight's format.
   absl::Status Linear(const LinearWeight& weight, const Tensor& x, Tensor y,
                       KernelObserver* observer);
-  absl::Status EnsureWorkspace(int64_t tokens, int64_t logit_rows);
-  float* Slice(int64_t offset_floats) const { return workspace_.as<float>() + offset_floats; }
+  absl::Status EnsureWorkspace(const ForwardBatch& batch);
 
   const Model& model_;
   Backend& backend_;
-  std::vector<float> inv_freq_;
+  ScalarType activation_dtype_;
+  Buffer constants_;  // inv_freq on the device
+  Tensor inv_freq_;
   Buffer workspace_;
-  int64_t capacity_tokens_ = 0;
-  int64_t capacity_rows_ = 0;
+  std::unique_ptr<Layout> layout_;
 };
 
 }  // namespace kbitd::runtime

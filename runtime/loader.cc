@@ -321,6 +321,9 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
+  if (options.devices == nullptr) {
+    return absl::InvalidArgumentError("LoadModel: no devices to load onto");
+  }
   const std::string dir = options.path;
   std::error_code ec;
   const std::filesystem::file_status status = std::filesystem::status(dir, ec);
@@ -345,13 +348,9 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   }
   KBITD_ASSIGN_OR_RETURN(PlacementPlan plan,
                          MakePlacementPlan(options.placement, /*have_cuda_backend=*/false));
-  std::shared_ptr<MemoryPool> pool = options.host_pool;
-  if (pool == nullptr) {
-    MemoryPool::Options pool_options;
-    pool_options.max_bytes = plan.MaxBytes(Device::Cpu());
-    pool_options.observer = options.observer;
-    KBITD_ASSIGN_OR_RETURN(pool, MemoryPool::Create(std::move(pool_options)));
-  }
+  KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> pool, options.devices->Pool(Device::Cpu()));
+  // The model's own max_memory for the device, in force from its first byte to its last.
+  std::shared_ptr<void> memory_limit = pool->LimitOwner(options.name, plan.MaxBytes(Device::Cpu()));
   KBITD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
 
   LoadContext ctx{options, config, *checkpoint, *pool};
@@ -397,7 +396,9 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   parts.name = options.name;
   parts.config = config;
   parts.tokenizer = std::move(tokenizer);
-  parts.host_pool = pool;
+  parts.devices = options.devices;
+  parts.pool = pool;
+  parts.memory_limit = memory_limit;
   parts.compute_dtype = compute_dtype;
   ModelWeights& w = parts.weights;
   {

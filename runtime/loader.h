@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "runtime/device_set.h"
 #include "runtime/memory_pool.h"
 #include "runtime/model.h"
 #include "runtime/placement.h"
@@ -36,9 +37,10 @@ struct LoadOptions {
   // quantized. nullopt = use the checkpoint as is.
   std::optional<QuantizationConfig> quantization;
   PlacementOptions placement;
-  // Host pool to allocate from (shared by models); null = a private unlimited pool.
-  std::shared_ptr<MemoryPool> host_pool;
-  MemoryObserver* observer = nullptr;                 // used only for a private pool
+  // The devices to load onto (not owned; required, and must outlive the model). The model's
+  // bytes come from their pools, shared with the other models; placement.max_memory caps this
+  // model within each device's own limit.
+  const DeviceSet* devices = nullptr;
   std::function<void(const LoadProgress&)> progress;  // called after each tensor; may be null
   bool require_tokenizer = true;  // FAILED_PRECONDITION if tokenizer.json is missing
   // Activation dtype (transformers' from_pretrained(dtype=...)): float32, float16 or bfloat16.

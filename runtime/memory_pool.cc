@@ -1,5 +1,6 @@
 #include "runtime/memory_pool.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -95,6 +96,15 @@ absl::StatusOr<Buffer> MemoryPool::Allocate(size_t bytes, MemoryCategory categor
                        " more bytes of ", MemoryCategoryName(category), " but ", used_,
                        " of max_memory ", max_bytes_, " bytes are in use"));
     }
+    if (auto limit = owner_limits_.find(owner); limit != owner_limits_.end()) {
+      const int64_t held = OwnerTotalLocked(owner);
+      if (held + static_cast<int64_t>(bytes) > limit->second.bytes) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(device_.ToString(), " memory limit of ", owner, ": it needs ", bytes,
+                         " more bytes of ", MemoryCategoryName(category), " but holds ", held,
+                         " of its max_memory ", limit->second.bytes, " bytes"));
+      }
+    }
     used_ += bytes;  // reserve before allocating so concurrent loaders cannot overshoot
     by_category_[static_cast<int>(category)] += bytes;
     by_owner_[{owner, static_cast<int>(category)}] += bytes;
@@ -127,6 +137,46 @@ void MemoryPool::Release(void* data, size_t bytes, MemoryCategory category,
     }
   }
   Notify(owner, category);
+}
+
+std::shared_ptr<void> MemoryPool::LimitOwner(const std::string& owner, int64_t bytes) {
+  if (bytes <= 0) return nullptr;
+  uint64_t generation;
+  {
+    absl::MutexLock lock(&mu_);
+    generation = ++limit_generation_;
+    owner_limits_[owner] = OwnerLimit{bytes, generation};
+  }
+  std::weak_ptr<MemoryPool> weak = weak_from_this();
+  return std::shared_ptr<void>(nullptr, [weak, owner, generation](void*) {
+    if (std::shared_ptr<MemoryPool> pool = weak.lock()) {
+      absl::MutexLock lock(&pool->mu_);
+      auto it = pool->owner_limits_.find(owner);
+      if (it != pool->owner_limits_.end() && it->second.generation == generation) {
+        pool->owner_limits_.erase(it);
+      }
+    }
+  });
+}
+
+int64_t MemoryPool::OwnerTotalLocked(const std::string& owner) const {
+  int64_t total = 0;
+  for (int c = 0; c < kNumMemoryCategories; ++c) {
+    auto it = by_owner_.find({owner, c});
+    if (it != by_owner_.end()) total += it->second;
+  }
+  return total;
+}
+
+int64_t MemoryPool::owner_bytes_left(const std::string& owner) const {
+  absl::MutexLock lock(&mu_);
+  int64_t left = -1;
+  if (max_bytes_ > 0) left = std::max<int64_t>(0, max_bytes_ - used_);
+  if (auto limit = owner_limits_.find(owner); limit != owner_limits_.end()) {
+    const int64_t owner_left = std::max<int64_t>(0, limit->second.bytes - OwnerTotalLocked(owner));
+    left = left < 0 ? owner_left : std::min(left, owner_left);
+  }
+  return left;
 }
 
 void MemoryPool::Notify(const std::string& owner, MemoryCategory category) {

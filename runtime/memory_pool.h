@@ -89,9 +89,19 @@ class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
   };
   static absl::StatusOr<std::shared_ptr<MemoryPool>> Create(Options options);
 
-  // RESOURCE_EXHAUSTED (naming device, owner, category and sizes) when it would pass max_bytes.
-  // Zero-byte requests give an empty Buffer. Memory is zero-initialised on the CPU.
+  // RESOURCE_EXHAUSTED (naming device, owner, category and sizes) when it would pass max_bytes,
+  // or the owner's limit. Zero-byte requests give an empty Buffer. Memory is zero-initialised on
+  // the CPU.
   absl::StatusOr<Buffer> Allocate(size_t bytes, MemoryCategory category, const std::string& owner);
+
+  // Caps what `owner` may hold in this pool, all categories together (a model's own max_memory
+  // for this device, transformers' from_pretrained(max_memory=...), within the device's). The
+  // limit lasts as long as the returned handle; a later limit for the same owner replaces it, and
+  // dropping the earlier handle then leaves the later one in place. bytes <= 0: no limit.
+  std::shared_ptr<void> LimitOwner(const std::string& owner, int64_t bytes);
+  // What `owner` may still allocate: the least of the device's and the owner's remaining bytes;
+  // -1 when neither is limited.
+  int64_t owner_bytes_left(const std::string& owner) const;
 
   const Device& device() const { return device_; }
   int64_t max_bytes() const { return max_bytes_; }
@@ -114,6 +124,13 @@ class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
   int64_t used_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t by_category_[kNumMemoryCategories] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
   std::map<std::pair<std::string, int>, int64_t> by_owner_ ABSL_GUARDED_BY(mu_);
+  struct OwnerLimit {
+    int64_t bytes;
+    uint64_t generation;  // which LimitOwner call set it
+  };
+  std::map<std::string, OwnerLimit> owner_limits_ ABSL_GUARDED_BY(mu_);
+  uint64_t limit_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t OwnerTotalLocked(const std::string& owner) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace kbitd::runtime

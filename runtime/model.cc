@@ -3,6 +3,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "runtime/device_set.h"
 
 namespace kbitd::runtime {
 
@@ -19,14 +21,14 @@ Model::Model(Parts parts) : parts_(std::move(parts)) {
 Model::~Model() = default;
 
 int64_t Model::weight_bytes() const {
-  return parts_.host_pool->owner_bytes(parts_.name, MemoryCategory::kWeights);
+  return parts_.pool->owner_bytes(parts_.name, MemoryCategory::kWeights);
 }
 
 std::vector<DeviceMemoryUsage> Model::memory_usage() const {
   DeviceMemoryUsage usage;
-  usage.device = parts_.host_pool->device();
+  usage.device = parts_.pool->device();
   for (int c = 0; c < kNumMemoryCategories; ++c) {
-    usage.bytes[c] = parts_.host_pool->owner_bytes(parts_.name, static_cast<MemoryCategory>(c));
+    usage.bytes[c] = parts_.pool->owner_bytes(parts_.name, static_cast<MemoryCategory>(c));
   }
   return {usage};
 }
@@ -43,13 +45,55 @@ const LinearWeight* Model::FindLinear(std::string_view name) const {
 }
 
 absl::Status Model::CopyToHost(const Tensor& tensor, std::vector<uint8_t>* host) const {
-  if (!tensor.device.is_cpu()) {
-    return absl::FailedPreconditionError(absl::StrCat("model ", parts_.name, ": no copy from ",
-                                                      tensor.device.ToString(), " to the host"));
-  }
   host->resize(static_cast<size_t>(tensor.bytes()));
-  if (!host->empty()) std::memcpy(host->data(), tensor.data, host->size());
-  return absl::OkStatus();
+  if (host->empty()) return absl::OkStatus();
+  if (tensor.device.is_cpu()) {
+    std::memcpy(host->data(), tensor.data, host->size());
+    return absl::OkStatus();
+  }
+  // Off the host: the owning device's backend copies it (the one path that reads device memory).
+  KBITD_ASSIGN_OR_RETURN(Backend * backend, parts_.devices->BackendFor(tensor.device));
+  Tensor dst = tensor;
+  dst.data = host->data();
+  dst.device = Device::Cpu();
+  KBITD_RETURN_IF_ERROR(backend->CopyTo(tensor, dst));
+  return backend->Synchronize();
+}
+
+// A linear weight with every tensor copied to the host (`storage` owns the bytes), or the weight
+// itself when it is already there.
+absl::StatusOr<const LinearWeight*> Model::HostLinear(const LinearWeight& w,
+                                                      std::vector<std::vector<uint8_t>>* storage,
+                                                      LinearWeight* copy) const {
+  if (w.device().is_cpu()) return &w;
+  copy->name = w.name;
+  copy->quant_type = w.quant_type;
+  copy->out_features = w.out_features;
+  copy->in_features = w.in_features;
+  copy->original_dtype = w.original_dtype;
+  copy->code = w.code;
+  copy->blocksize = w.blocksize;
+  copy->nested_code = w.nested_code;
+  copy->nested_offset = w.nested_offset;
+  copy->nested_blocksize = w.nested_blocksize;
+  copy->threshold = w.threshold;
+  std::pair<const Tensor*, Tensor*> tensors[] = {{&w.dense, &copy->dense},
+                                                 {&w.packed, &copy->packed},
+                                                 {&w.absmax, &copy->absmax},
+                                                 {&w.absmax_codes, &copy->absmax_codes},
+                                                 {&w.nested_absmax, &copy->nested_absmax},
+                                                 {&w.cb, &copy->cb},
+                                                 {&w.scb, &copy->scb},
+                                                 {&w.bias, &copy->bias}};
+  for (auto [src, dst] : tensors) {
+    if (!src->defined()) continue;
+    storage->emplace_back();
+    KBITD_RETURN_IF_ERROR(CopyToHost(*src, &storage->back()));
+    *dst = *src;
+    dst->data = storage->back().data();
+    dst->device = Device::Cpu();
+  }
+  return copy;
 }
 
 absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
@@ -64,10 +108,9 @@ absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
     return absl::InvalidArgumentError(
         "dequantize: output dtype must be float32, float16 or bfloat16");
   }
-  if (!w->device().is_cpu()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "dequantize ", w->name, ": its weights are on ", w->device().ToString(), ", not the host"));
-  }
+  std::vector<std::vector<uint8_t>> host_storage;
+  LinearWeight host_copy;
+  KBITD_ASSIGN_OR_RETURN(w, HostLinear(*w, &host_storage, &host_copy));
   const int64_t n = w->out_features * w->in_features;
   *shape = {w->out_features, w->in_features};
   out->assign(n * ScalarTypeSize(dtype), 0);

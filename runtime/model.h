@@ -1,6 +1,6 @@
 // A loaded model: config, tokenizer, resident weights and their accounting. Immutable after
 // loading, so engines on several threads may share one Model through shared_ptr. Created by
-// runtime/loader.h.
+// runtime/loader.h into the pools of a DeviceSet, which must outlive it.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,7 @@
 namespace kbitd::runtime {
 
 class Tokenizer;  // runtime/tokenizer/tokenizer.h
+class DeviceSet;  // runtime/device_set.h
 
 struct DeviceMemoryUsage {
   Device device;
@@ -33,7 +34,14 @@ class Model {
     ModelConfig config;
     std::shared_ptr<const Tokenizer> tokenizer;  // null when the folder has no tokenizer.json
     ModelWeights weights;
-    std::shared_ptr<MemoryPool> host_pool;
+    // The devices it was loaded onto (not owned; must outlive the model) and the pool of its home
+    // device, shared with the other models there; its engines' KV cache and workspace come from
+    // it too.
+    const DeviceSet* devices = nullptr;
+    std::shared_ptr<MemoryPool> pool;
+    // Keeps the model's own max_memory on its device in force while it lives
+    // (MemoryPool::LimitOwner); null when it has none.
+    std::shared_ptr<void> memory_limit;
     // Compute dtype of activations (bnb_4bit_compute_dtype / torch_dtype); the CPU backend
     // computes in float32 and rounds activations to this dtype at linear-layer inputs.
     ScalarType compute_dtype = ScalarType::kFloat32;
@@ -47,7 +55,10 @@ class Model {
   const Tokenizer* tokenizer() const { return parts_.tokenizer.get(); }
   const ModelWeights& weights() const { return parts_.weights; }
   ScalarType compute_dtype() const { return parts_.compute_dtype; }
-  const std::shared_ptr<MemoryPool>& host_pool() const { return parts_.host_pool; }
+  // The device its engines run on and that device's pool.
+  const Device& device() const { return parts_.pool->device(); }
+  const std::shared_ptr<MemoryPool>& pool() const { return parts_.pool; }
+  const DeviceSet& devices() const { return *parts_.devices; }
 
   int64_t parameter_count() const { return parts_.parameter_count; }
   // Bytes of resident weights (quantized where quantized) and what they would take in fp16.
@@ -69,6 +80,10 @@ class Model {
                                 std::vector<int64_t>* shape) const;
 
  private:
+  absl::StatusOr<const LinearWeight*> HostLinear(const LinearWeight& w,
+                                                 std::vector<std::vector<uint8_t>>* storage,
+                                                 LinearWeight* copy) const;
+
   Parts parts_;
   std::map<std::string, const LinearWeight*, std::less<>> linears_;
 };

@@ -7,7 +7,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "runtime/cpu/cpu_backend.h"
 #include "runtime/kv_cache.h"
 #include "runtime/llama_forward.h"
 
@@ -34,7 +33,8 @@ double NllSum::Perplexity() const {
   return std::exp(nll / static_cast<double>(tokens));
 }
 
-absl::StatusOr<NllSum> ScoreTokens(const Model& model, const std::vector<int32_t>& ids,
+absl::StatusOr<NllSum> ScoreTokens(const Model& model, Backend& backend,
+                                   const std::vector<int32_t>& ids,
                                    const PerplexityOptions& options) {
   const ModelConfig& c = model.config();
   int64_t context = c.max_position_embeddings;
@@ -61,10 +61,11 @@ absl::StatusOr<NllSum> ScoreTokens(const Model& model, const std::vector<int32_t
   kv.head_dim = c.head_dim;
   kv.block_size = kKvBlockSize;
   kv.num_blocks = (options.window + kKvBlockSize - 1) / kKvBlockSize;
+  kv.dtype = backend.KvCacheDtype(model.compute_dtype());
+  KBITD_ASSIGN_OR_RETURN(std::unique_ptr<LlamaForward> forward,
+                         LlamaForward::Create(model, backend));
   KBITD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                         KvCache::Create(kv, *model.host_pool(), model.name()));
-  CpuBackend backend(options.num_threads);
-  LlamaForward forward(model, backend);
+                         KvCache::Create(kv, *model.pool(), model.name()));
 
   NllSum result;
   const int64_t total = static_cast<int64_t>(ids.size()) - 1;
@@ -73,15 +74,18 @@ absl::StatusOr<NllSum> ScoreTokens(const Model& model, const std::vector<int32_t
     const int64_t n = std::min<int64_t>(options.window, total - start);
     cache->Free(kSequence);  // every window starts from an empty context
     KBITD_RETURN_IF_ERROR(cache->Reserve(kSequence, n));
-    const std::vector<int32_t>* table = cache->BlockTable(kSequence);
     ForwardBatch batch;
+    batch.max_blocks = static_cast<int64_t>(cache->BlockTable(kSequence)->size());
+    batch.block_tables.resize(batch.max_blocks);
+    KBITD_RETURN_IF_ERROR(
+        cache->FillBlockTable(kSequence, batch.max_blocks, batch.block_tables.data()));
     for (int64_t i = 0; i < n; ++i) {
       batch.tokens.push_back(ids[start + i]);
-      batch.attention.positions.push_back(static_cast<int32_t>(i));
-      batch.attention.tables.push_back(table);
+      batch.positions.push_back(static_cast<int32_t>(i));
+      batch.token_sequence.push_back(0);
       batch.logit_rows.push_back(static_cast<int32_t>(i));
     }
-    KBITD_RETURN_IF_ERROR(forward.Run(batch, *cache, &logits));
+    KBITD_RETURN_IF_ERROR(forward->Run(batch, *cache, &logits));
     for (int64_t i = 0; i < n; ++i) {
       result.nll +=
           NegativeLogLikelihood(logits.data() + i * c.vocab_size, c.vocab_size, ids[start + i + 1]);

@@ -10,13 +10,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/backend.h"
 #include "runtime/model.h"
 
 namespace kbitd::runtime {
 
 struct PerplexityOptions {
-  int32_t window = 512;     // predicted tokens per window (each window reads window + 1 tokens)
-  int32_t num_threads = 0;  // CPU backend threads; 0 = hardware concurrency
+  int32_t window = 512;  // predicted tokens per window (each window reads window + 1 tokens)
   // Called after each window with tokens scored so far and the total; returning false stops the
   // evaluation with CANCELLED. May be null.
   std::function<bool(int64_t done, int64_t total)> progress;
@@ -31,7 +31,9 @@ struct NllSum {
 // Scores ids[1..] given their prefixes within each window. INVALID_ARGUMENT for fewer than two
 // tokens, a token id outside the vocabulary, or a window < 1 or longer than the model's context
 // (max_position_embeddings, capped by sliding_window).
-absl::StatusOr<NllSum> ScoreTokens(const Model& model, const std::vector<int32_t>& ids,
+// `backend` is the backend of the model's device (DeviceSet::BackendFor(model.device())).
+absl::StatusOr<NllSum> ScoreTokens(const Model& model, Backend& backend,
+                                   const std::vector<int32_t>& ids,
                                    const PerplexityOptions& options);
 
 }  // namespace kbitd::runtime

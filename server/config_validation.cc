@@ -191,6 +191,15 @@ absl::Status FinalizeConfig(v1::Config* config,
   KBITD_RETURN_IF_ERROR(
       check.Range<int64_t>("kv_cache_tokens", config->kv_cache_tokens(), 0, int64_t{1} << 32));
   KBITD_RETURN_IF_ERROR(check.Range("num_threads", config->num_threads(), 0, 1024));
+  for (const auto& [device, size] : config->max_memory()) {
+    const std::string path = absl::StrCat("max_memory.", device);
+    if (absl::StatusOr<runtime::Device> d = runtime::ParseDevice(device); !d.ok()) {
+      return check.Fail(path, std::string(d.status().message()));
+    }
+    if (absl::StatusOr<int64_t> bytes = runtime::ParseMemorySize(size); !bytes.ok()) {
+      return check.Fail(path, std::string(bytes.status().message()));
+    }
+  }
   KBITD_RETURN_IF_ERROR(check.Range("kernel_timing_interval_steps",
                                     config->kernel_timing_interval_steps(), 0, 1'000'000));
 

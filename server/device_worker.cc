@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+
 namespace kbitd::server {
 
 DeviceWorker::DeviceWorker() : thread_([this] { Loop(); }) {}
@@ -15,7 +17,6 @@ DeviceWorker::~DeviceWorker() {
 }
 
 void DeviceWorker::Add(std::shared_ptr<Scheduler> scheduler) {
-  scheduler->set_wakeup([this] { Wake(); });
   absl::MutexLock lock(&mu_);
   schedulers_.push_back(std::move(scheduler));
   ++wakeups_;
@@ -74,6 +75,19 @@ void DeviceWorker::Loop() {
       }
     }
   }
+}
+
+DeviceWorkers::DeviceWorkers(const std::vector<runtime::Device>& devices) {
+  for (const runtime::Device& device : devices) {
+    workers_.emplace_back(device, std::make_unique<DeviceWorker>());
+  }
+}
+
+absl::StatusOr<DeviceWorker*> DeviceWorkers::For(const runtime::Device& device) const {
+  for (const auto& [d, worker] : workers_) {
+    if (d == device) return worker.get();
+  }
+  return absl::NotFoundError(absl::StrCat("no worker runs ", device.ToString()));
 }
 
 }  // namespace kbitd::server

@@ -223,8 +223,11 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
     // weights left free.
     KBITD_ASSIGN_OR_RETURN(runtime::Engine::Options engine_options,
                            ToEngineOptions(request, options_.engine));
-    load.observer = options_.metrics;
+    load.devices = options_.devices;
     KBITD_ASSIGN_OR_RETURN(std::shared_ptr<runtime::Model> model, runtime::LoadModel(load));
+    KBITD_ASSIGN_OR_RETURN(runtime::Backend * backend,
+                           options_.devices->BackendFor(model->device()));
+    KBITD_ASSIGN_OR_RETURN(DeviceWorker * worker, options_.workers->For(model->device()));
     std::shared_ptr<const runtime::Tokenizer> tokenizer;
     if (model->tokenizer() != nullptr) {
       tokenizer = std::shared_ptr<const runtime::Tokenizer>(model, model->tokenizer());
@@ -234,7 +237,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
     // The scheduler below owns the engine and holds `metrics` until after the engine is gone.
     if (metrics) engine_options.kernel_observer = &metrics->kernels;
     KBITD_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Engine> engine,
-                           runtime::Engine::Create(model, engine_options));
+                           runtime::Engine::Create(model, *backend, engine_options));
     auto result = std::make_shared<ServedModel>();
     result->model = model;
     result->tokenizer = tokenizer;
@@ -246,6 +249,8 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
     DescribeModel(*model, *engine, &result->info);
     Scheduler::Options scheduler = options_.scheduler;
     scheduler.metrics = metrics;
+    scheduler.wakeup = [worker] { worker->Wake(); };
+    result->worker = worker;
     result->scheduler = std::make_shared<Scheduler>(std::move(engine), tokenizer, scheduler);
     return result;
   }();
@@ -273,7 +278,7 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
     PublishCounts();
   }
   if (served.ok()) {
-    options_.worker->Add((*served)->scheduler);
+    (*served)->worker->Add((*served)->scheduler);
     if (metrics) metrics->SetLoaded(seconds, *(*served)->model);
   } else {
     KBITD_LOG(Warning) << reply.status();
@@ -326,7 +331,7 @@ void ModelRegistry::RunUnload(std::string name, std::shared_ptr<ServedModel> ser
     scheduler.WaitIdle(absl::Seconds(60));
   }
   WaitForExports(name, deadline);
-  options_.worker->Remove(&scheduler);
+  served->worker->Remove(&scheduler);
   {
     absl::MutexLock lock(&mu_);
     entries_.erase(name);  // its series go once the scheduler (held by `served`) goes too

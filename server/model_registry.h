@@ -28,6 +28,7 @@
 #include "common/clock.h"
 #include "kbitd/v1/model_service.pb.h"
 #include "runtime/convert/convert_progress.h"
+#include "runtime/device_set.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
 #include "runtime/model.h"
@@ -47,6 +48,7 @@ struct ServedModel {
   // attached none.
   std::shared_ptr<const runtime::Tokenizer> tokenizer;
   std::shared_ptr<Scheduler> scheduler;
+  DeviceWorker* worker = nullptr;  // the worker stepping `scheduler` (its model's device)
 };
 
 class ModelRegistry {
@@ -57,8 +59,11 @@ class ModelRegistry {
     runtime::Engine::Options engine;  // kernel_observer is filled per model from `metrics`
     Scheduler::Options scheduler;     // metrics is filled per model
     Metrics* metrics = nullptr;       // not owned; may be null; outlives the registry's models
-    DeviceWorker* worker = nullptr;   // not owned; required
-    Clock* clock = &Clock::Real();    // not owned
+    // Not owned; required; both outlive the registry. Models load into `devices` and run on the
+    // worker of their device.
+    const runtime::DeviceSet* devices = nullptr;
+    const DeviceWorkers* workers = nullptr;
+    Clock* clock = &Clock::Real();  // not owned
     // Called (from any thread, without the registry's lock) after every state change.
     std::function<void(const std::string& name, v1::ModelState state)> on_state_change;
   };

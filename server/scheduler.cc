@@ -59,7 +59,7 @@ absl::Status Scheduler::Enqueue(std::shared_ptr<Request> request) {
     queue_.push_back(std::move(request));
     if (options_.metrics) options_.metrics->queue_requests->Set(queue_.size());
   }
-  if (wakeup_) wakeup_();
+  if (options_.wakeup) options_.wakeup();
   return absl::OkStatus();
 }
 
@@ -75,7 +75,7 @@ int Scheduler::AbortAll(absl::Status status) {
     abort_ = std::move(status);
     count = static_cast<int>(queue_.size()) + running_count_;
   }
-  if (wakeup_) wakeup_();
+  if (options_.wakeup) options_.wakeup();
   return count;
 }
 

@@ -37,6 +37,9 @@ class Scheduler {
     // requests still finishing) may write to them.
     std::shared_ptr<const ModelMetrics> metrics;
     Clock* clock = &Clock::Real();  // not owned
+    // Called from any thread after a successful Enqueue, outside the scheduler's lock: wakes the
+    // device worker. Set at construction, before any request can arrive (may be null).
+    std::function<void()> wakeup;
   };
 
   // `tokenizer` detokenizes the generated tokens; it must belong to the engine's model.
@@ -46,8 +49,6 @@ class Scheduler {
 
   // Any thread. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once admission stopped.
   absl::Status Enqueue(std::shared_ptr<Request> request);
-  // Any thread. Called after a successful Enqueue, outside the scheduler's lock.
-  void set_wakeup(std::function<void()> wakeup) { wakeup_ = std::move(wakeup); }
   // Any thread: Enqueue answers UNAVAILABLE from now on (unload, shutdown).
   void StopAdmitting();
   // Any thread: every queued and running request ends at the next step, counted as cancelled:
@@ -100,7 +101,6 @@ class Scheduler {
   const Options options_;
   std::unique_ptr<runtime::Engine> engine_;
   std::shared_ptr<const runtime::Tokenizer> tokenizer_;
-  std::function<void()> wakeup_;
   std::vector<int32_t> eos_ids_;
 
   mutable absl::Mutex mu_;

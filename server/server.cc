@@ -13,6 +13,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "runtime/placement.h"
 
 namespace kbitd::server {
 namespace {
@@ -60,7 +61,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
     }
   }
   server->auth_ = std::make_unique<AdminAuth>(token, config.allow_unauthenticated_admin());
-  server->worker_ = std::make_unique<DeviceWorker>();
+  runtime::DeviceSet::Options device_options;
+  device_options.cpu_threads = config.num_threads();
+  device_options.observer = server->metrics_.get();
+  for (const auto& [device, size] : config.max_memory()) {
+    absl::StatusOr<int64_t> bytes = runtime::ParseMemorySize(size);
+    if (!bytes.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_memory.", device, ": ", bytes.status().message()));
+    }
+    device_options.max_memory[device] = *bytes;
+  }
+  KBITD_ASSIGN_OR_RETURN(server->devices_, runtime::DeviceSet::Create(device_options));
+  server->workers_ = std::make_unique<DeviceWorkers>(server->devices_->devices());
 
   const v1::LimitsConfig& limits = config.limits();
   ModelRegistry::Options options{.root = root};
@@ -75,7 +88,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
                           "or neither for a default sized from the free memory";
   }
   options.engine.max_batch_size = limits.max_batch_size();
-  options.engine.num_threads = config.num_threads();
   if (config.kernel_timing_interval_steps() > 0) {
     options.engine.kernel_timing_interval = config.kernel_timing_interval_steps();
   }
@@ -84,7 +96,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
                               .prefill_chunk_tokens = limits.prefill_chunk_tokens()};
   options.scheduler.max_queue = limits.max_queue();
   options.metrics = server->metrics_.get();
-  options.worker = server->worker_.get();
+  options.devices = server->devices_.get();
+  options.workers = server->workers_.get();
   Server* self = server.get();
   options.on_state_change = [self](const std::string& name, v1::ModelState state) {
     self->OnModelState(name, state);
@@ -173,7 +186,8 @@ Server::~Server() {
   Shutdown(absl::ZeroDuration());
   server_.reset();
   registry_.reset();
-  worker_.reset();
+  workers_.reset();
+  devices_.reset();
 }
 
 }  // namespace kbitd::server

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
 #include "kbitd/v1/config.pb.h"
+#include "runtime/device_set.h"
 #include "server/auth.h"
 #include "server/device_worker.h"
 #include "server/inference_service.h"
@@ -34,7 +35,10 @@ class Server {
   void OnModelState(const std::string& name, v1::ModelState state);
 
   std::unique_ptr<Metrics> metrics_;
-  std::unique_ptr<DeviceWorker> worker_;
+  // The devices (a pool and a backend each) and their workers, made at start; the registry's
+  // models live in them, so both outlive the registry (see ~Server).
+  std::unique_ptr<runtime::DeviceSet> devices_;
+  std::unique_ptr<DeviceWorkers> workers_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<AdminAuth> auth_;
   std::unique_ptr<ModelService> model_service_;

@@ -27,6 +27,7 @@
 #include "runtime/checkpoint/safetensors_writer.h"
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/cpu/thread_pool.h"
+#include "runtime/device_set.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
 
@@ -120,11 +121,10 @@ struct DecodeResult {
   int64_t bytes_per_token;
 };
 
-DecodeResult Decode(std::shared_ptr<Model> model, const Args& a) {
+DecodeResult Decode(std::shared_ptr<Model> model, Backend& backend, const Args& a) {
   Engine::Options options;
-  options.num_threads = a.threads;
   options.kv_cache_tokens = 1024;
-  auto engine = *Engine::Create(model, options);
+  auto engine = *Engine::Create(model, backend, options);
   SamplingParams greedy;
   greedy.temperature = 0;
   std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -198,11 +198,17 @@ int Main(int argc, char** argv) {
   QuantizationConfig fp4 = nf4;
   fp4.bnb_4bit_quant_type = "fp4";
   double fp32_tps = 0, best_bandwidth = 0;
+  // The host as the daemon makes it: one pool and one CPU backend with a.threads threads.
+  DeviceSet::Options device_options;
+  device_options.cpu_threads = a.threads;
+  std::unique_ptr<DeviceSet> devices = *DeviceSet::Create(device_options);
+  Backend* backend = *devices->BackendFor(Device::Cpu());
   const std::vector<std::string> wanted = absl::StrSplit(a.formats, ',');
   for (const Variant& v : {Variant{"fp32", std::nullopt}, Variant{"nf4", nf4},
                            Variant{"nf4-dq", nf4dq}, Variant{"fp4", fp4}}) {
     if (std::find(wanted.begin(), wanted.end(), v.name) == wanted.end()) continue;
     LoadOptions options;
+    options.devices = devices.get();
     options.path = a.dir;
     options.quantization = v.q;
     options.require_tokenizer = false;
@@ -218,7 +224,7 @@ int Main(int argc, char** argv) {
     int64_t growth = StatusKb("VmRSS:") - rss_before;
     // Bandwidth measured right before each variant's decode, under the same conditions.
     const double bw = ReadBandwidth(a.threads);
-    DecodeResult r = Decode(*model, a);
+    DecodeResult r = Decode(*model, *backend, a);
     const double streamed = r.tokens_per_s * r.bytes_per_token;  // bytes/s this decode read
     best_bandwidth = std::max({best_bandwidth, bw, v.q == std::nullopt ? streamed : 0.0});
     if (v.q == std::nullopt) fp32_tps = r.tokens_per_s;

@@ -1,6 +1,7 @@
 // Backend on the host CPU: multi-threaded (ThreadPool over output rows / heads), float32
-// activations, fused dequantize-and-multiply for bitsandbytes 4-bit weights and LLM.int8 through
-// quant's int8 functions. Owned and driven by one engine thread.
+// activations and KV cache, fused dequantize-and-multiply for bitsandbytes 4-bit weights and
+// LLM.int8 through quant's int8 functions. One per CPU device, owned by the DeviceSet and driven
+// by that device's worker thread; its thread pool is shared by every engine on the device.
 #pragma once
 
 #include <memory>
@@ -16,20 +17,24 @@ class CpuBackend : public Backend {
   const Device& device() const override { return device_; }
   int num_threads() const { return pool_.num_threads(); }
 
-  void Embedding(const ModelWeights& weights, const int32_t* tokens, Tensor out) override;
+  ScalarType ActivationDtype(ScalarType) const override { return ScalarType::kFloat32; }
+  ScalarType KvCacheDtype(ScalarType) const override { return ScalarType::kFloat32; }
+  absl::Status Embedding(const Tensor& embed_tokens, const Tensor& tokens, Tensor out) override;
   absl::Status Linear(const LinearWeight& weight, const Tensor& x, Tensor y) override;
-  void RmsNorm(const Tensor& x, const float* weight, float eps, Tensor y) override;
-  void Rope(Tensor q, Tensor k, int64_t head_dim, const int32_t* positions,
-            const std::vector<float>& inv_freq) override;
-  void WriteKv(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
-               const AttentionBatch& batch) override;
-  void Attention(const KvCache& cache, int64_t layer, const Tensor& q, const AttentionBatch& batch,
-                 int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, Tensor out) override;
-  void SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override;
-  void Add(Tensor x, const Tensor& y) override;
-  void RoundTo(Tensor x, ScalarType dtype) override;
-  void GatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor out) override;
-  void CopyToHost(const Tensor& x, float* host) override;
+  absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor y) override;
+  absl::Status Rope(Tensor q, Tensor k, int64_t head_dim, const Tensor& positions,
+                    const Tensor& inv_freq) override;
+  absl::Status WriteKv(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
+                       const StepInputs& step) override;
+  absl::Status Attention(const KvCache& cache, int64_t layer, const Tensor& q,
+                         const StepInputs& step, const AttentionShape& shape, Tensor out) override;
+  absl::Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override;
+  absl::Status Add(Tensor x, const Tensor& y) override;
+  absl::Status RoundTo(Tensor x, ScalarType dtype) override;
+  absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor out) override;
+  absl::Status CopyTo(const Tensor& src, Tensor dst) override;
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::Status Prefetch(const LayerWeights&) override { return absl::OkStatus(); }
 
  private:
   absl::Status DenseLinear(const LinearWeight& w, const Tensor& x, Tensor y);
@@ -39,5 +44,8 @@ class CpuBackend : public Backend {
   Device device_;
   ThreadPool pool_;
 };
+
+// The CPU backend as a Backend, for runtime/device_set (the one place backends are made).
+std::unique_ptr<Backend> NewCpuBackend(int num_threads);
 
 }  // namespace kbitd::runtime

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -16,6 +17,7 @@ const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
 
 std::shared_ptr<Model> LoadModelAt(const std::string& relative) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/" + relative;
   auto model = LoadModel(options);
   EXPECT_TRUE(model.ok()) << model.status();
@@ -28,8 +30,7 @@ std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model, int64_t kv_toke
   Engine::Options options;
   options.kv_cache_tokens = kv_tokens;
   options.kv_block_size = 4;
-  options.num_threads = 2;
-  auto engine = Engine::Create(model, options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return std::move(*engine);
 }
@@ -148,7 +149,7 @@ TEST(EngineTest, BadRequestsGiveClearErrors) {
   Engine::Options options;
   options.max_context = 32;
   options.kv_cache_tokens = 256;
-  auto engine_or = Engine::Create(model, options);
+  auto engine_or = Engine::Create(model, kbitd::test::HostBackend(), options);
   ASSERT_TRUE(engine_or.ok());
   auto& engine = *engine_or;
   EXPECT_EQ(engine->max_context(), 32);
@@ -176,8 +177,8 @@ TEST(EngineTest, BadRequestsGiveClearErrors) {
   expect(engine->Step({{1, 1}}).status(), absl::StatusCode::kInvalidArgument, "context");
   Engine::Options too_long;
   too_long.max_context = 100000;
-  expect(Engine::Create(model, too_long).status(), absl::StatusCode::kInvalidArgument,
-         "max_context");
+  expect(Engine::Create(model, kbitd::test::HostBackend(), too_long).status(),
+         absl::StatusCode::kInvalidArgument, "max_context");
 }
 
 // qwen2/nf4-dq: 2 layers, 2 kv heads of 16, max_position_embeddings 256: 512 bytes a token, so
@@ -189,6 +190,7 @@ constexpr int64_t kNf4SequenceBytes = 256 * kNf4TokenBytes;
 std::shared_ptr<Model> LoadNf4WithSpare(int64_t spare) {
   const int64_t weights = LoadNf4()->weight_bytes();
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/qwen2/nf4-dq";
   options.placement.max_memory["cpu"] = weights + spare;
   auto model = LoadModel(options);
@@ -201,18 +203,18 @@ TEST(EngineKvSizingTest, ExplicitBytesSizeTheCacheAndAreAllocated) {
   Engine::Options options;
   options.kv_cache_bytes = 3 * kNf4SequenceBytes + 1000;  // the 1000 is less than a block
   options.kv_cache_tokens = 16;                           // loses to the bytes
-  auto engine = Engine::Create(model, options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   EXPECT_EQ((*engine)->kv_cache_bytes(), 3 * kNf4SequenceBytes);
   EXPECT_EQ((*engine)->kv_cache_tokens(), 3 * 256);
   EXPECT_EQ((*engine)->kv_blocks_total(), 3 * 256 / 16);
-  EXPECT_EQ(model->host_pool()->owner_bytes(model->name(), MemoryCategory::kKvCache),
+  EXPECT_EQ(model->pool()->owner_bytes(model->name(), MemoryCategory::kKvCache),
             3 * kNf4SequenceBytes);
 }
 
 TEST(EngineKvSizingTest, DefaultIsAnEighthOfWhatMaxMemoryLeaves) {
   auto model = LoadNf4WithSpare(2 << 20);
-  auto engine = Engine::Create(model, Engine::Options{});
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), Engine::Options{});
   ASSERT_TRUE(engine.ok()) << engine.status();
   EXPECT_EQ((*engine)->kv_cache_bytes(), (2 << 20) / 8);
   EXPECT_EQ((*engine)->kv_cache_tokens(), (2 << 20) / 8 / kNf4TokenBytes);
@@ -222,21 +224,21 @@ TEST(EngineKvSizingTest, DefaultStopsAtMaxBatchSizeSequences) {
   auto model = LoadNf4WithSpare(64 << 20);
   Engine::Options options;
   options.max_batch_size = 2;
-  auto engine = Engine::Create(model, options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   EXPECT_EQ((*engine)->kv_cache_tokens(), 2 * 256);
 }
 
 TEST(EngineKvSizingTest, DefaultIsOneSequenceWhenAnEighthIsLess) {
   auto model = LoadNf4WithSpare(kNf4SequenceBytes + 4096);
-  auto engine = Engine::Create(model, Engine::Options{});
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), Engine::Options{});
   ASSERT_TRUE(engine.ok()) << engine.status();
   EXPECT_EQ((*engine)->kv_cache_tokens(), 256);
 }
 
 TEST(EngineKvSizingTest, ACacheThatDoesNotFitIsRefusedAndAllocatesNothing) {
   auto model = LoadNf4WithSpare(kNf4SequenceBytes - 1);
-  auto refused = Engine::Create(model, Engine::Options{});
+  auto refused = Engine::Create(model, kbitd::test::HostBackend(), Engine::Options{});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
   EXPECT_THAT(refused.status().message(),
               ::testing::HasSubstr(absl::StrCat("cpu: the smallest KV cache, one max_context "
@@ -245,20 +247,20 @@ TEST(EngineKvSizingTest, ACacheThatDoesNotFitIsRefusedAndAllocatesNothing) {
                                                 kNf4SequenceBytes - 1, " bytes are available")));
   Engine::Options explicit_bytes;
   explicit_bytes.kv_cache_bytes = 2 * kNf4SequenceBytes;
-  refused = Engine::Create(model, explicit_bytes);
+  refused = Engine::Create(model, kbitd::test::HostBackend(), explicit_bytes);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
   EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("max_memory"));
-  EXPECT_EQ(model->host_pool()->bytes(MemoryCategory::kKvCache), 0);
+  EXPECT_EQ(model->pool()->bytes(MemoryCategory::kKvCache), 0);
 }
 
 TEST(EngineKvSizingTest, ExplicitBytesBelowOneSequenceAreInvalid) {
   Engine::Options options;
   options.kv_cache_bytes = kNf4SequenceBytes - 1;
-  auto engine = Engine::Create(LoadNf4(), options);
+  auto engine = Engine::Create(LoadNf4(), kbitd::test::HostBackend(), options);
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument) << engine.status();
   // A shorter max_context needs less.
   options.max_context = 128;
-  EXPECT_TRUE(Engine::Create(LoadNf4(), options).ok());
+  EXPECT_TRUE(Engine::Create(LoadNf4(), kbitd::test::HostBackend(), options).ok());
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "runtime/engine.h"
 #include "runtime/kernel_observer.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -24,6 +25,7 @@ class RecordingObserver : public KernelObserver {
 
 std::shared_ptr<Model> Load(const std::string& relative) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/" + relative;
   auto model = LoadModel(options);
   EXPECT_TRUE(model.ok()) << model.status();
@@ -35,10 +37,9 @@ std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model, KernelObserver*
                                    int32_t interval, std::vector<int32_t> prompt) {
   Engine::Options options;
   options.kv_cache_tokens = 256;
-  options.num_threads = 1;
   options.kernel_observer = observer;
   options.kernel_timing_interval = interval;
-  auto engine = Engine::Create(std::move(model), options);
+  auto engine = Engine::Create(std::move(model), kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return nullptr;
   absl::Status added = (*engine)->AddSequence(1, std::move(prompt), {.temperature = 0.0f});
@@ -89,7 +90,7 @@ TEST(KernelTimingTest, DenseModelReportsOnlyDenseMatmulAndIntervalIsValidated) {
 
   Engine::Options bad;
   bad.kernel_timing_interval = 0;
-  auto engine_or = Engine::Create(model, bad);
+  auto engine_or = Engine::Create(model, kbitd::test::HostBackend(), bad);
   EXPECT_EQ(engine_or.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(engine_or.status().message()).find("kernel_timing_interval"),
             std::string::npos);

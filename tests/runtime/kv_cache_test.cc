@@ -61,11 +61,26 @@ TEST(KvCacheTest, BlockTablesGrowAndFreeListRecycles) {
   EXPECT_EQ(cache->Reserve(8, 9).code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(cache->BlockTable(8), nullptr);
   ASSERT_TRUE(cache->Reserve(8, 4).ok());
-  const auto& t7 = *cache->BlockTable(7);
-  // Distinct slots for different positions, layers and sequences.
-  EXPECT_NE(cache->KeySlot(0, t7, 0), cache->KeySlot(0, t7, 1));
-  EXPECT_NE(cache->KeySlot(0, t7, 4), cache->KeySlot(1, t7, 4));
-  EXPECT_NE(cache->KeySlot(0, t7, 0), cache->KeySlot(0, *cache->BlockTable(8), 0));
+  // The tables as a step exports them: padded with zeros, distinct blocks per sequence.
+  int32_t row7[3] = {-1, -1, -1}, row8[3] = {-1, -1, -1};
+  ASSERT_TRUE(cache->FillBlockTable(7, 3, row7).ok());
+  ASSERT_TRUE(cache->FillBlockTable(8, 3, row8).ok());
+  EXPECT_EQ(row7[0], (*cache->BlockTable(7))[0]);
+  EXPECT_EQ(row7[1], (*cache->BlockTable(7))[1]);
+  EXPECT_EQ(row7[2], 0);
+  EXPECT_NE(row7[0], row7[1]);
+  EXPECT_NE(row8[0], row7[0]);
+  EXPECT_NE(row8[0], row7[1]);
+  EXPECT_EQ(cache->FillBlockTable(7, 1, row7).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->FillBlockTable(99, 3, row7).code(), absl::StatusCode::kInvalidArgument);
+  // Per layer K and V views [blocks, block_size, kv_heads, head_dim], layers back to back.
+  const Tensor k0 = cache->keys(0), k1 = cache->keys(1);
+  EXPECT_EQ(k0.rank, 4);
+  EXPECT_EQ(k0.dim(0), o.num_blocks);
+  EXPECT_EQ(k0.dim(1), o.block_size);
+  EXPECT_EQ(k0.dtype, ScalarType::kFloat32);
+  EXPECT_EQ(static_cast<char*>(k1.data) - static_cast<char*>(k0.data), k0.bytes());
+  EXPECT_NE(cache->values(0).data, k0.data);
   cache->Free(7);
   EXPECT_EQ(cache->num_free_blocks(), 2);
   ASSERT_TRUE(cache->Reserve(9, 8).ok());
@@ -177,14 +192,23 @@ TEST(KvCacheSizingTest, AvailableMemoryIsTheHostsCutToWhatMaxMemoryLeaves) {
   auto held = pool->Allocate(1000, MemoryCategory::kWeights, "m");
   ASSERT_TRUE(held.ok());
   KvCacheBudget budget;
-  ASSERT_TRUE(SetAvailableMemory(*pool, &budget).ok());
+  ASSERT_TRUE(SetAvailableMemory(*pool, "m", &budget).ok());
   EXPECT_EQ(budget.device, "cpu");
   EXPECT_EQ(budget.available_bytes, (1 << 20) - 1000);
-  EXPECT_EQ(budget.available_source, "max_memory 1048576 minus 1000 bytes in use");
+  EXPECT_EQ(budget.available_source,
+            "what is left of max_memory for m on cpu: 1000 bytes of the device in use, 1000 of "
+            "them by m");
+
+  // A model's own limit within the device's: what is left of it counts when smaller.
+  std::shared_ptr<void> limit = pool->LimitOwner("m", 5000);
+  ASSERT_TRUE(SetAvailableMemory(*pool, "m", &budget).ok());
+  EXPECT_EQ(budget.available_bytes, 4000);
+  ASSERT_TRUE(SetAvailableMemory(*pool, "other", &budget).ok());
+  EXPECT_EQ(budget.available_bytes, (1 << 20) - 1000);
 
   // No max_memory: what the host has free, which is more than this test holds.
   auto unlimited = *MemoryPool::Create({});
-  ASSERT_TRUE(SetAvailableMemory(*unlimited, &budget).ok());
+  ASSERT_TRUE(SetAvailableMemory(*unlimited, "m", &budget).ok());
   absl::StatusOr<HostMemory> host = ReadHostMemory();
   ASSERT_TRUE(host.ok()) << host.status();
   EXPECT_EQ(budget.available_source, host->source);
@@ -203,7 +227,7 @@ TEST(KvCacheSizingTest, AvailableMemoryOfAnotherDeviceIsUnimplemented) {
   options.allocator = std::make_unique<NullAllocator>();
   auto pool = *MemoryPool::Create(std::move(options));
   KvCacheBudget budget;
-  EXPECT_EQ(SetAvailableMemory(*pool, &budget).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(SetAvailableMemory(*pool, "m", &budget).code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "runtime/convert/quantize_checkpoint.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -17,9 +18,8 @@ const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
 
 std::vector<float> Logits(std::shared_ptr<Model> model, const std::vector<int32_t>& prompt) {
   Engine::Options options;
-  options.num_threads = 2;
   options.kv_cache_tokens = 256;
-  auto engine = Engine::Create(model, options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   SamplingParams greedy;
   greedy.temperature = 0;
@@ -67,10 +67,13 @@ TEST_P(LoadKbitqCheckpointTest, EqualsQuantizeOnLoad) {
   ASSERT_TRUE(summary.ok()) << summary.status();
 
   LoadOptions prequantized;
+
+  prequantized.devices = &kbitd::test::TestDevices();
   prequantized.path = out;
   auto from_kbitq = LoadModel(prequantized);
   ASSERT_TRUE(from_kbitq.ok()) << from_kbitq.status();
   LoadOptions on_load;
+  on_load.devices = &kbitd::test::TestDevices();
   on_load.path = plain;
   on_load.quantization = c.config;
   auto quantized_on_load = LoadModel(on_load);

@@ -9,6 +9,7 @@
 #include "runtime/checkpoint/checkpoint.h"
 #include "runtime/checkpoint/safetensors_writer.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -46,6 +47,7 @@ void ReplaceInFile(const std::string& path, const std::string& from, const std::
 
 absl::Status LoadStatus(const std::string& dir, std::optional<QuantizationConfig> q = {}) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = dir;
   options.quantization = q;
   return LoadModel(options).status();
@@ -62,6 +64,7 @@ TEST(LoaderTest, QuantizeOnLoadSkipsLmHeadAndCountsBytes) {
   q.bnb_4bit_quant_type = "nf4";
   int64_t progress_calls = 0;
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/llama/fp32";
   options.quantization = q;
   options.progress = [&](const LoadProgress& p) {
@@ -94,6 +97,7 @@ TEST(LoaderTest, SkipModulesReplaceTheDefault) {
   q.load_in_8bit = true;
   q.llm_int8_skip_modules = std::vector<std::string>{"mlp"};
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/llama/fp32";
   options.quantization = q;
   auto model = LoadModel(options);
@@ -106,6 +110,7 @@ TEST(LoaderTest, SkipModulesReplaceTheDefault) {
 
 TEST(LoaderTest, MaxMemoryIsEnforced) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/llama/fp32";
   options.placement.max_memory["cpu"] = 100000;
   ExpectError(LoadModel(options).status(), absl::StatusCode::kResourceExhausted, "max_memory");

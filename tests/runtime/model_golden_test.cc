@@ -9,6 +9,7 @@
 #include "runtime/checkpoint/safetensors.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -42,6 +43,7 @@ class Goldens {
 
 std::shared_ptr<Model> Load(const std::string& dir, std::optional<QuantizationConfig> q = {}) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = dir;
   options.quantization = q;
   auto model = LoadModel(options);
@@ -51,9 +53,8 @@ std::shared_ptr<Model> Load(const std::string& dir, std::optional<QuantizationCo
 
 std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model) {
   Engine::Options options;
-  options.num_threads = 2;
   options.kv_cache_tokens = 512;
-  auto engine = Engine::Create(model, options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return std::move(*engine);
 }

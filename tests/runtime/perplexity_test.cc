@@ -9,6 +9,7 @@
 #include "runtime/checkpoint/safetensors.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -28,6 +29,7 @@ std::vector<T> GoldenTensor(const std::string& name) {
 
 std::shared_ptr<Model> LoadFp32() {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/llama/fp32";
   auto model = LoadModel(options);
   EXPECT_TRUE(model.ok()) << model.status();
@@ -52,8 +54,7 @@ TEST(PerplexityTest, OneWindowEqualsTransformersNll) {
   }
   PerplexityOptions options;
   options.window = static_cast<int32_t>(ids.size());  // longer than the text: one window
-  options.num_threads = 2;
-  auto sum = ScoreTokens(*model, ids, options);
+  auto sum = ScoreTokens(*model, kbitd::test::HostBackend(), ids, options);
   ASSERT_TRUE(sum.ok()) << sum.status();
   EXPECT_EQ(sum->tokens, static_cast<int64_t>(ids.size()) - 1);
   EXPECT_NEAR(sum->nll, expected, 1e-5 * expected);
@@ -69,9 +70,8 @@ TEST(PerplexityTest, WindowsRestartTheContext) {
   ids.resize(23);  // 22 predicted tokens: windows of 8, 8 and 6
   constexpr int32_t kWindow = 8;
   Engine::Options engine_options;
-  engine_options.num_threads = 2;
   engine_options.kv_cache_tokens = 64;
-  auto engine = Engine::Create(model, engine_options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), engine_options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   SamplingParams greedy;
   greedy.temperature = 0;
@@ -89,14 +89,13 @@ TEST(PerplexityTest, WindowsRestartTheContext) {
   }
   PerplexityOptions options;
   options.window = kWindow;
-  options.num_threads = 2;
   int windows = 0;
   options.progress = [&](int64_t done, int64_t total) {
     EXPECT_EQ(total, 22);
     EXPECT_EQ(done, std::min<int64_t>(22, (++windows) * kWindow));
     return true;
   };
-  auto sum = ScoreTokens(*model, ids, options);
+  auto sum = ScoreTokens(*model, kbitd::test::HostBackend(), ids, options);
   ASSERT_TRUE(sum.ok()) << sum.status();
   EXPECT_EQ(windows, 3);
   EXPECT_EQ(sum->tokens, 22);
@@ -107,16 +106,18 @@ TEST(PerplexityTest, BadInputIsRejected) {
   auto model = LoadFp32();
   PerplexityOptions options;
   options.window = 4;
-  EXPECT_EQ(ScoreTokens(*model, {5}, options).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScoreTokens(*model, kbitd::test::HostBackend(), {5}, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
   auto out_of_vocab =
-      ScoreTokens(*model, {1, 2, static_cast<int32_t>(model->config().vocab_size)}, options);
+      ScoreTokens(*model, kbitd::test::HostBackend(),
+                  {1, 2, static_cast<int32_t>(model->config().vocab_size)}, options);
   EXPECT_EQ(out_of_vocab.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(out_of_vocab.status().message().find("token 2"), std::string::npos);
   options.window = static_cast<int32_t>(model->config().max_position_embeddings) + 1;
-  EXPECT_EQ(ScoreTokens(*model, {1, 2, 3}, options).status().code(),
+  EXPECT_EQ(ScoreTokens(*model, kbitd::test::HostBackend(), {1, 2, 3}, options).status().code(),
             absl::StatusCode::kInvalidArgument);
   options.window = 0;
-  EXPECT_EQ(ScoreTokens(*model, {1, 2, 3}, options).status().code(),
+  EXPECT_EQ(ScoreTokens(*model, kbitd::test::HostBackend(), {1, 2, 3}, options).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -125,12 +126,14 @@ TEST(PerplexityTest, ProgressCanCancel) {
   PerplexityOptions options;
   options.window = 2;
   options.progress = [](int64_t, int64_t) { return false; };
-  EXPECT_EQ(ScoreTokens(*model, {1, 2, 3, 4, 5}, options).status().code(),
-            absl::StatusCode::kCancelled);
+  EXPECT_EQ(
+      ScoreTokens(*model, kbitd::test::HostBackend(), {1, 2, 3, 4, 5}, options).status().code(),
+      absl::StatusCode::kCancelled);
 }
 
 TEST(PerplexityTest, ComputeDtypeOverrideMustBeFloatingPoint) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = kModels + "/llama/fp32";
   options.compute_dtype = ScalarType::kUInt8;
   EXPECT_EQ(LoadModel(options).status().code(), absl::StatusCode::kInvalidArgument);

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "runtime/loader.h"
 #include "runtime/model.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::server {
 namespace {
@@ -167,6 +168,7 @@ TEST(MetricsTest, KernelObserverFillsTheKernelHistogramOfItsModel) {
 std::shared_ptr<runtime::Model> LoadTestLlama(
     std::optional<runtime::QuantizationConfig> quantization = std::nullopt) {
   runtime::LoadOptions load;
+  load.devices = &kbitd::test::TestDevices();
   load.path = std::string(KBITD_TEST_DATA_DIR) + "/models/llama/fp32";
   load.quantization = std::move(quantization);
   absl::StatusOr<std::shared_ptr<runtime::Model>> model = runtime::LoadModel(load);
@@ -224,6 +226,50 @@ TEST(MetricsTest, BusyPortIsAnError) {
   ASSERT_TRUE(first.ok());
   auto second = Metrics::Create({.address = "127.0.0.1:" + std::to_string((*first)->port())});
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace kbitd::server
+
+namespace kbitd::server {
+namespace {
+
+// The value of kbitd_device_memory_bytes{device="cpu"} on the exposition page.
+double DeviceMemoryGauge(int port) {
+  const std::string body = HttpGet(port, "/metrics");
+  const std::string key = "kbitd_device_memory_bytes{device=\"cpu\"} ";
+  const size_t at = body.find(key);
+  return at == std::string::npos ? -1 : std::stod(body.substr(at + key.size()));
+}
+
+// With private per-model pools the gauge showed whichever model's pool changed last: half the
+// total with two equal models loaded, 0 after one was unloaded. The daemon's one pool per device
+// makes it the device's total.
+TEST(MetricsTest, DeviceMemoryIsTheTotalOfEveryModelOnTheDevice) {
+  auto metrics = Metrics::Create({.address = "127.0.0.1:0"});
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  runtime::DeviceSet::Options options;
+  options.observer = metrics->get();
+  std::unique_ptr<runtime::DeviceSet> devices = kbitd::test::MakeTestDevices(options);
+  auto load = [&](const std::string& name) {
+    runtime::LoadOptions load;
+    load.devices = devices.get();
+    load.name = name;
+    load.path = std::string(KBITD_TEST_DATA_DIR) + "/models/llama/fp32";
+    absl::StatusOr<std::shared_ptr<runtime::Model>> model = runtime::LoadModel(load);
+    EXPECT_TRUE(model.ok()) << model.status();
+    return model.ok() ? *model : nullptr;
+  };
+  std::shared_ptr<runtime::Model> a = load("a");
+  const int64_t one_model = devices->host_pool()->used_bytes();
+  ASSERT_GT(one_model, 0);
+  std::shared_ptr<runtime::Model> b = load("b");
+  ASSERT_EQ(devices->host_pool()->used_bytes(), 2 * one_model);
+  EXPECT_EQ(DeviceMemoryGauge((*metrics)->port()), 2 * one_model);
+  b.reset();
+  EXPECT_EQ(DeviceMemoryGauge((*metrics)->port()), one_model);
+  a.reset();
+  EXPECT_EQ(DeviceMemoryGauge((*metrics)->port()), 0);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::server {
 namespace {
@@ -17,6 +18,7 @@ class SchedulerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     runtime::LoadOptions load;
+    load.devices = &kbitd::test::TestDevices();
     load.path = kModels + "/llama/fp32";
     auto model = runtime::LoadModel(load);
     ASSERT_TRUE(model.ok()) << model.status();
@@ -25,8 +27,7 @@ class SchedulerTest : public ::testing::Test {
     runtime::Engine::Options engine_options;
     engine_options.kv_cache_tokens = 256;
     engine_options.kv_block_size = 4;
-    engine_options.num_threads = 1;
-    auto engine = runtime::Engine::Create(*model, engine_options);
+    auto engine = runtime::Engine::Create(*model, kbitd::test::HostBackend(), engine_options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     auto metrics = Metrics::Create({.address = "off"});
     ASSERT_TRUE(metrics.ok()) << metrics.status();

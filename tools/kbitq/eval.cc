@@ -8,6 +8,7 @@
 #include "common/file.h"
 #include "common/json.h"
 #include "common/status_macros.h"
+#include "runtime/device_set.h"
 #include "runtime/loader.h"
 #include "runtime/perplexity.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -56,6 +57,12 @@ absl::StatusOr<std::vector<EvalRow>> RunEval(const EvalOptions& options) {
     texts.push_back(*std::move(text));
   }
 
+  // The host, as the daemon sees it: one pool and one CPU backend (its thread pool) for every
+  // format evaluated.
+  DeviceSet::Options device_options;
+  device_options.cpu_threads = options.num_threads;
+  KBITD_ASSIGN_OR_RETURN(std::unique_ptr<DeviceSet> devices, DeviceSet::Create(device_options));
+  KBITD_ASSIGN_OR_RETURN(Backend * backend, devices->BackendFor(Device::Cpu()));
   std::vector<EvalRow> rows;
   std::vector<std::vector<int32_t>> encoded;  // filled with the first model's tokenizer
   for (size_t f = 0; f < options.formats.size(); ++f) {
@@ -66,6 +73,7 @@ absl::StatusOr<std::vector<EvalRow>> RunEval(const EvalOptions& options) {
     load.path = options.model_dir;
     load.quantization = configs[f];
     load.compute_dtype = options.compute_dtype;
+    load.devices = devices.get();
     auto started = std::chrono::steady_clock::now();
     KBITD_ASSIGN_OR_RETURN(std::shared_ptr<Model> model, LoadModel(load));
     row.load_seconds = SecondsSince(started);
@@ -86,14 +94,13 @@ absl::StatusOr<std::vector<EvalRow>> RunEval(const EvalOptions& options) {
     for (size_t i = 0; i < encoded.size(); ++i) {
       PerplexityOptions score;
       score.window = options.window;
-      score.num_threads = options.num_threads;
       const int64_t before = total.tokens;
       if (options.progress) {
         score.progress = [&](int64_t done, int64_t) {
           return options.progress(row.format, before + done, -1);
         };
       }
-      auto sum = ScoreTokens(*model, encoded[i], score);
+      auto sum = ScoreTokens(*model, *backend, encoded[i], score);
       if (!sum.ok()) {
         return absl::Status(sum.status().code(), absl::StrCat(options.text_files[i], ": ",
                                                               std::string(sum.status().message())));

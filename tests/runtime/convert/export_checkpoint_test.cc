@@ -10,6 +10,7 @@
 #include "runtime/checkpoint/checkpoint.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -37,6 +38,7 @@ bool HasStagingFolders(const std::string& out) {
 
 std::shared_ptr<Model> Load(const std::string& path) {
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.path = path;
   auto model = LoadModel(options);
   EXPECT_TRUE(model.ok()) << model.status();
@@ -48,8 +50,7 @@ std::pair<std::vector<float>, std::vector<int32_t>> RunGreedy(std::shared_ptr<Mo
                                                               int steps) {
   Engine::Options options;
   options.kv_cache_tokens = 256;
-  options.num_threads = 2;
-  auto engine = Engine::Create(model, options);
+  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   const std::vector<int32_t> prompt = {5, 17, 42, 99, 7, 250, 3};
   EXPECT_TRUE((*engine)->AddSequence(1, prompt, SamplingParams{.temperature = 0.0f}).ok());
