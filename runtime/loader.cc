@@ -15,6 +15,7 @@
 #include "quant/int8_rowwise.h"
 #include "runtime/checkpoint/bnb_checkpoint.h"
 #include "runtime/checkpoint/checkpoint.h"
+#include "runtime/module_sizes.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace kbitd::runtime {
@@ -25,7 +26,8 @@ struct LoadContext {
   const LoadOptions& options;
   const ModelConfig& config;
   const Checkpoint& checkpoint;
-  MemoryPool& pool;
+  const PlacementPlan& plan;
+  MemoryPool* pool = nullptr;  // the pool of the module being loaded (UseDeviceOf)
   // Quantization to apply to plain linears (quantize-on-load), nullopt = keep dense.
   std::optional<QuantizationConfig> quantize;
   bool prequantized = false;
@@ -79,8 +81,16 @@ absl::StatusOr<TensorView> GetFloat(LoadContext& ctx, const std::string& name,
   return view;
 }
 
+// Loads what follows into the pool of the device the plan gives `module`.
+absl::Status UseDeviceOf(LoadContext& ctx, const std::string& module) {
+  KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> pool,
+                         ctx.options.devices->Pool(ctx.plan.DeviceFor(module)));
+  ctx.pool = pool.get();  // the DeviceSet owns it for longer than the load
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Buffer> Allocate(LoadContext& ctx, size_t bytes) {
-  return ctx.pool.Allocate(bytes, MemoryCategory::kWeights, ctx.options.name);
+  return ctx.pool->Allocate(bytes, MemoryCategory::kWeights, ctx.options.name);
 }
 
 // Copies raw bytes of a view into a weights buffer.
@@ -346,22 +356,6 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   if (std::filesystem::exists(dir + "/tokenizer.json", ec)) {
     KBITD_ASSIGN_OR_RETURN(tokenizer, LoadTokenizer(dir + "/tokenizer.json", config.vocab_size));
   }
-  KBITD_ASSIGN_OR_RETURN(PlacementPlan plan,
-                         MakePlacementPlan(options.placement, /*have_cuda_backend=*/false));
-  KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> pool, options.devices->Pool(Device::Cpu()));
-  // The model's own max_memory for the device, in force from its first byte to its last.
-  std::shared_ptr<void> memory_limit = pool->LimitOwner(options.name, plan.MaxBytes(Device::Cpu()));
-  KBITD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
-
-  LoadContext ctx{options, config, *checkpoint, *pool};
-  ctx.prequantized = config.quantization.has_value() && config.quantization->quantized();
-  if (ctx.prequantized) {
-    KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
-    for (QuantizedModule& module : layout.modules) {
-      std::string prefix = module.prefix;
-      ctx.quantized_modules.emplace(std::move(prefix), std::move(module));
-    }
-  }
   if (options.compute_dtype.has_value() && *options.compute_dtype != ScalarType::kFloat32 &&
       *options.compute_dtype != ScalarType::kFloat16 &&
       *options.compute_dtype != ScalarType::kBFloat16) {
@@ -369,26 +363,63 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
         absl::StrCat("compute dtype ", std::string(TorchDtypeName(*options.compute_dtype)),
                      " is not a floating-point dtype (float32, float16 or bfloat16)"));
   }
-  ScalarType compute_dtype = options.compute_dtype.value_or(config.torch_dtype);
-  if (ctx.prequantized) {
-    if (options.quantization.has_value() && options.quantization->quantized()) {
-      KBITD_LOG(Warning) << dir << " is already quantized; the requested quantization is ignored";
-    }
-    if (config.quantization->load_in_4bit)
-      compute_dtype = config.quantization->bnb_4bit_compute_dtype;
-  } else if (options.quantization.has_value() && options.quantization->quantized()) {
-    KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(*options.quantization));
-    ctx.quantize = options.quantization;
-    if (ctx.quantize->load_in_4bit) compute_dtype = ctx.quantize->bnb_4bit_compute_dtype;
+  KBITD_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+  KBITD_ASSIGN_OR_RETURN(LinearQuantization linears,
+                         ResolveLinearQuantization(config, options.quantization));
+  if (linears.prequantized && options.quantization.has_value() &&
+      options.quantization->quantized()) {
+    KBITD_LOG(Warning) << dir << " is already quantized; the requested quantization is ignored";
   }
-  // The modules left unquantized: the request's list on quantize-on-load, the checkpoint's for a
-  // pre-quantized one.
+
+  // Placement before any weight is read: every module's stored bytes from the checkpoint's
+  // headers, each device's budget (what is left of its pool within the model's own max_memory),
+  // then the plan the loading below follows.
+  KBITD_ASSIGN_OR_RETURN(ModuleSizes sizes,
+                         ComputeModuleSizes(config, TensorTableOf(*checkpoint), linears.quantize));
+  std::vector<std::shared_ptr<void>> memory_limits;  // the model's own max_memory per device
+  std::vector<DeviceBudget> budgets;
+  {
+    KBITD_ASSIGN_OR_RETURN(PlacementPlan limits, MakePlacementPlan(options.placement, false));
+    for (const Device& device : options.devices->devices()) {
+      KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> device_pool,
+                             options.devices->Pool(device));
+      memory_limits.push_back(device_pool->LimitOwner(options.name, limits.MaxBytes(device)));
+      const int64_t left = device_pool->owner_bytes_left(options.name);
+      budgets.push_back({device, left < 0 ? kUnlimitedBytes : left});
+    }
+  }
+  absl::StatusOr<PlacementPlan> planned = MakePlacementPlan(options.placement, sizes, budgets);
+  if (planned.status().code() == absl::StatusCode::kResourceExhausted) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(options.name, " does not fit (", sizes.total_bytes(),
+                     " bytes of weights): ", planned.status().message(),
+                     "; a device's budget is what is left of its max_memory, within this model's "
+                     "placement.max_memory"));
+  }
+  KBITD_ASSIGN_OR_RETURN(PlacementPlan plan, std::move(planned));
+  KBITD_LOG(Info) << options.name << " placement: " << FormatPlacementPlan(plan);
+  // The engine runs where the layers are; the host is the home of a model placed nowhere else.
+  const Device home = plan.DeviceFor("model.layers.0");
+  KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> pool, options.devices->Pool(home));
+
+  LoadContext ctx{options, config, *checkpoint, plan};
+  ctx.prequantized = linears.prequantized;
+  ctx.quantize = linears.quantize;
+  ctx.skip_modules = linears.skip_modules;
+  if (ctx.prequantized) {
+    KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
+    for (QuantizedModule& module : layout.modules) {
+      std::string prefix = module.prefix;
+      ctx.quantized_modules.emplace(std::move(prefix), std::move(module));
+    }
+  }
+  // Activations: the request's dtype, else the checkpoint's; 4-bit models compute in
+  // bnb_4bit_compute_dtype, the dtype of their quantized matmuls, as transformers + bnb do.
+  ScalarType compute_dtype = options.compute_dtype.value_or(config.torch_dtype);
   const QuantizationConfig* qc = ctx.quantize       ? &*ctx.quantize
                                  : ctx.prequantized ? &*config.quantization
                                                     : nullptr;
-  ctx.skip_modules = (qc != nullptr && qc->llm_int8_skip_modules.has_value())
-                         ? *qc->llm_int8_skip_modules
-                         : std::vector<std::string>{"lm_head"};
+  if (qc != nullptr && qc->load_in_4bit) compute_dtype = qc->bnb_4bit_compute_dtype;
   ctx.progress.tensors_total = static_cast<int64_t>(checkpoint->TensorNames().size());
   ctx.progress.bytes_total = static_cast<int64_t>(checkpoint->TotalBytes());
 
@@ -398,10 +429,12 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   parts.tokenizer = std::move(tokenizer);
   parts.devices = options.devices;
   parts.pool = pool;
-  parts.memory_limit = memory_limit;
+  parts.memory_limits = std::move(memory_limits);
+  parts.placement = plan;
   parts.compute_dtype = compute_dtype;
   ModelWeights& w = parts.weights;
   {
+    KBITD_RETURN_IF_ERROR(UseDeviceOf(ctx, "model.embed_tokens"));
     const std::string name = "model.embed_tokens.weight";
     KBITD_ASSIGN_OR_RETURN(TensorView view,
                            GetFloat(ctx, name, {config.vocab_size, config.hidden_size}));
@@ -413,8 +446,10 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   }
   w.layers.resize(config.num_hidden_layers);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    KBITD_RETURN_IF_ERROR(UseDeviceOf(ctx, absl::StrCat("model.layers.", i)));
     KBITD_RETURN_IF_ERROR(LoadLayer(ctx, i, &w.layers[i]));
   }
+  KBITD_RETURN_IF_ERROR(UseDeviceOf(ctx, "model.norm"));
   KBITD_ASSIGN_OR_RETURN(w.final_norm,
                          LoadFloatVector(ctx, "model.norm.weight", config.hidden_size, &w.storage));
   if (config.tie_word_embeddings) {
@@ -426,6 +461,7 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
     w.lm_head.dense = w.embed_tokens;
     if (checkpoint->Contains("lm_head.weight")) ctx.Consumed("lm_head.weight");
   } else {
+    KBITD_RETURN_IF_ERROR(UseDeviceOf(ctx, "lm_head"));
     KBITD_RETURN_IF_ERROR(
         LoadLinear(ctx, "lm_head", config.vocab_size, config.hidden_size, false, &w.lm_head));
   }

@@ -16,6 +16,7 @@
 #include "runtime/memory_pool.h"
 #include "runtime/model_config.h"
 #include "runtime/model_weights.h"
+#include "runtime/placement.h"
 
 namespace kbitd::runtime {
 
@@ -39,9 +40,10 @@ class Model {
     // it too.
     const DeviceSet* devices = nullptr;
     std::shared_ptr<MemoryPool> pool;
-    // Keeps the model's own max_memory on its device in force while it lives
-    // (MemoryPool::LimitOwner); null when it has none.
-    std::shared_ptr<void> memory_limit;
+    // Keep the model's own max_memory in force on each device while it lives
+    // (MemoryPool::LimitOwner).
+    std::vector<std::shared_ptr<void>> memory_limits;
+    PlacementPlan placement;  // where each module was loaded
     // Compute dtype of activations (bnb_4bit_compute_dtype / torch_dtype); the CPU backend
     // computes in float32 and rounds activations to this dtype at linear-layer inputs.
     ScalarType compute_dtype = ScalarType::kFloat32;
@@ -59,6 +61,7 @@ class Model {
   const Device& device() const { return parts_.pool->device(); }
   const std::shared_ptr<MemoryPool>& pool() const { return parts_.pool; }
   const DeviceSet& devices() const { return *parts_.devices; }
+  const PlacementPlan& placement() const { return parts_.placement; }
 
   int64_t parameter_count() const { return parts_.parameter_count; }
   // Bytes of resident weights (quantized where quantized) and what they would take in fp16.

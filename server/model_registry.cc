@@ -52,6 +52,14 @@ void DescribeModel(const runtime::Model& model, const runtime::Engine& engine,
   info->set_dtype(std::string(TorchDtypeName(model.compute_dtype())));
   info->set_kv_cache_bytes(engine.kv_cache_bytes());
   info->set_kv_cache_tokens(engine.kv_cache_tokens());
+  info->clear_placement_plan();
+  for (const runtime::PlacementEntry& entry : model.placement().entries) {
+    v1::PlacedModule& placed = *info->add_placement_plan();
+    placed.set_module(entry.module);
+    placed.set_device(entry.device.ToString());
+    placed.set_bytes(entry.bytes);
+    placed.set_offloaded(entry.offloaded);
+  }
   info->clear_memory();
   for (const runtime::DeviceMemoryUsage& usage : model.memory_usage()) {
     v1::DeviceMemory& memory = *info->add_memory();

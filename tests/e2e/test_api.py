@@ -33,6 +33,11 @@ def test_list_and_get_model(daemon):
     assert info.max_context_tokens == 4096
     assert info.load_seconds > 0
     assert any(m.device == "cpu" and m.weight_bytes > 0 for m in info.memory)
+    # The placement plan the loader followed: every module on the host, its bytes the weights'.
+    plan = info.placement_plan
+    assert plan[0].module == "model.embed_tokens" and plan[-1].module in ("lm_head", "model.norm")
+    assert all(p.device == "cpu" and not p.offloaded for p in plan)
+    assert sum(p.bytes for p in plan) == info.weight_bytes
     # The default KV cache: whole blocks of 16, from one to limits.max_batch_size (64) sequences
     # of the 4096-token context, and what the cpu pool holds for it.
     assert 4096 <= info.kv_cache_tokens <= 64 * 4096 and info.kv_cache_tokens % 16 == 0

@@ -73,7 +73,7 @@ TEST(DeviceSetTest, ModelsShareTheDevicePoolSoItsMaxMemoryHoldsAcrossThem) {
   ASSERT_TRUE(a.ok()) << a.status();
   auto b = Load(*devices, "b");
   EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(b.status().message(), HasSubstr("cpu memory limit"));
+  EXPECT_THAT(b.status().message(), HasSubstr("b does not fit"));
   EXPECT_EQ(devices->host_pool()->used_bytes(), one_model);  // the failed load left nothing
   EXPECT_EQ(devices->host_pool()->owner_bytes("b"), 0);
   a->reset();
@@ -89,7 +89,7 @@ TEST(DeviceSetTest, AModelsOwnMaxMemoryCapsItWhileItLives) {
   a->reset();
   auto capped = Load(*devices, "capped", one_model / 2);
   EXPECT_EQ(capped.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(capped.status().message(), HasSubstr("memory limit of capped"));
+  EXPECT_THAT(capped.status().message(), HasSubstr("capped does not fit"));
   EXPECT_EQ(devices->host_pool()->used_bytes(), 0);
   // The limit went with the failed load: the same name loads without one.
   EXPECT_TRUE(Load(*devices, "capped").ok());

@@ -108,6 +108,32 @@ TEST(LoaderTest, SkipModulesReplaceTheDefault) {
   EXPECT_EQ((*model)->FindLinear("lm_head")->quant_type, quant::QuantType::kInt8Rowwise);
 }
 
+TEST(LoaderTest, FollowsThePlacementPlanItReturns) {
+  LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
+  options.name = "placed";
+  options.path = kModels + "/llama/fp32";
+  auto model = LoadModel(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const PlacementPlan& plan = (*model)->placement();
+  std::vector<std::string> modules;
+  int64_t planned = 0;
+  for (const PlacementEntry& e : plan.entries) {
+    modules.push_back(e.module);
+    EXPECT_TRUE(e.device.is_cpu()) << e.module;  // a CPU-only build places everything on the host
+    EXPECT_FALSE(e.offloaded) << e.module;
+    planned += e.bytes;
+  }
+  EXPECT_EQ(modules, (std::vector<std::string>{"model.embed_tokens", "model.layers.0",
+                                               "model.layers.1", "model.norm", "lm_head"}));
+  // Every planned byte was allocated where the plan said, and nothing else.
+  EXPECT_EQ(planned, (*model)->pool()->owner_bytes("placed", MemoryCategory::kWeights));
+  EXPECT_EQ(plan.BytesOn(Device::Cpu()), planned);
+  // A GPU in the map is refused before any weight is read on a machine without one.
+  options.placement.device_map = "cuda:0";
+  EXPECT_FALSE(LoadModel(options).ok());
+}
+
 TEST(LoaderTest, MaxMemoryIsEnforced) {
   LoadOptions options;
   options.devices = &kbitd::test::TestDevices();

@@ -11,6 +11,7 @@
 #include "runtime/checkpoint/checkpoint.h"
 #include "runtime/loader.h"
 #include "runtime/model_config.h"
+#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -210,6 +211,7 @@ void ExpectEstimateMatchesLoad(const std::string& dir, std::optional<Quantizatio
   ASSERT_TRUE(sizes.ok()) << sizes.status();
 
   LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
   options.name = "m";
   options.path = dir;
   options.quantization = q;
@@ -219,12 +221,13 @@ void ExpectEstimateMatchesLoad(const std::string& dir, std::optional<Quantizatio
   const ModelWeights& w = m.weights();
   const int64_t hidden = config->hidden_size;
   auto linear = [](const LinearWeight& l) {
-    return l.resident_bytes() + (l.bias != nullptr ? 4 * l.out_features : 0);
+    return l.resident_bytes() + (l.bias.defined() ? 4 * l.out_features : 0);
   };
   const size_t layers = w.layers.size();
   ASSERT_EQ(sizes->modules.size(), layers + 3);
-  EXPECT_EQ(sizes->modules[0].bytes,
-            config->vocab_size * hidden * static_cast<int64_t>(ScalarTypeSize(w.embed_dtype)));
+  EXPECT_EQ(
+      sizes->modules[0].bytes,
+      config->vocab_size * hidden * static_cast<int64_t>(ScalarTypeSize(w.embed_tokens.dtype)));
   for (size_t i = 0; i < layers; ++i) {
     const LayerWeights& l = w.layers[i];
     int64_t bytes = 2 * 4 * hidden;
@@ -237,7 +240,7 @@ void ExpectEstimateMatchesLoad(const std::string& dir, std::optional<Quantizatio
   }
   EXPECT_EQ(sizes->modules[layers + 1].bytes, 4 * hidden);
   EXPECT_EQ(sizes->modules[layers + 2].bytes, config->tie_word_embeddings ? 0 : linear(w.lm_head));
-  EXPECT_EQ(sizes->total_bytes(), m.host_pool()->owner_bytes("m", MemoryCategory::kWeights));
+  EXPECT_EQ(sizes->total_bytes(), m.pool()->owner_bytes("m", MemoryCategory::kWeights));
   if (expected_total >= 0) EXPECT_EQ(sizes->total_bytes(), expected_total);
 }
 

@@ -104,6 +104,16 @@ TEST(ConfigTest, WrongTypesAndRangesNameTheLine) {
   EXPECT_THAT(not_a_map.status().message(), HasSubstr("expected a mapping"));
 }
 
+TEST(ConfigTest, DeviceMaxMemoryTakesAcceleratesKeysAndSizes) {
+  auto good = Parse("model_root: /m\nmax_memory:\n  cpu: 64GiB\n  \"0\": 70GB\n");
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->max_memory().at("cpu"), "64GiB");
+  auto bad_size = Parse("model_root: /m\nmax_memory:\n  cpu: lots\n");
+  EXPECT_THAT(bad_size.status().message(), HasSubstr("max_memory.cpu"));
+  auto bad_device = Parse("model_root: /m\nmax_memory:\n  tpu: 1GiB\n");
+  EXPECT_THAT(bad_device.status().message(), HasSubstr("max_memory.tpu"));
+}
+
 TEST(ConfigTest, DuplicateKeysAndModelsAreErrors) {
   EXPECT_THAT(Parse("model_root: /m\nmodel_root: /n\n").status().message(),
               HasSubstr("kbitd.yaml:2:1: model_root: duplicate key"));
