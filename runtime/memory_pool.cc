@@ -5,27 +5,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/cpu/cpu_allocator.h"
 
 namespace kbitd::runtime {
-namespace {
-
-class CpuAllocator : public DeviceAllocator {
- public:
-  absl::StatusOr<void*> Allocate(size_t bytes) override {
-    size_t rounded = (bytes + 63) / 64 * 64;
-    void* ptr = std::aligned_alloc(64, rounded);
-    if (ptr == nullptr) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("host allocation of ", bytes, " bytes failed"));
-    }
-    std::memset(ptr, 0, rounded);
-    return ptr;
-  }
-  void Free(void* ptr, size_t) override { std::free(ptr); }
-};
-
-}  // namespace
-
 const char* MemoryCategoryName(MemoryCategory category) {
   switch (category) {
     case MemoryCategory::kWeights:
@@ -37,8 +19,6 @@ const char* MemoryCategoryName(MemoryCategory category) {
   }
   return "unknown";
 }
-
-std::unique_ptr<DeviceAllocator> NewCpuAllocator() { return std::make_unique<CpuAllocator>(); }
 
 Buffer& Buffer::operator=(Buffer&& other) noexcept {
   if (this != &other) {

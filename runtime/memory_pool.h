@@ -33,14 +33,13 @@ class MemoryObserver {
                                int64_t device_bytes) = 0;
 };
 
-// Raw memory of one device. The CPU allocator returns 64-byte aligned host memory.
+// Raw memory of one device (runtime/cpu/cpu_allocator.h for the host).
 class DeviceAllocator {
  public:
   virtual ~DeviceAllocator() = default;
   virtual absl::StatusOr<void*> Allocate(size_t bytes) = 0;
   virtual void Free(void* ptr, size_t bytes) = 0;
 };
-std::unique_ptr<DeviceAllocator> NewCpuAllocator();
 
 class MemoryPool;
 
