@@ -13,7 +13,12 @@ absl::StatusOr<std::unique_ptr<DeviceSet>> DeviceSet::Create(const Options& opti
         absl::StrCat("cpu threads must be >= 0, got ", options.cpu_threads));
   }
   std::unique_ptr<DeviceSet> set(new DeviceSet());
+  std::vector<AcceleratorDevice> accelerators;
+  if (options.accelerators) {
+    KBITD_ASSIGN_OR_RETURN(accelerators, options.accelerators());
+  }
   std::vector<Device> devices = {Device::Cpu()};
+  for (const AcceleratorDevice& a : accelerators) devices.push_back(a.device);
   std::map<std::string, int64_t> limits;  // by canonical device name
   for (const auto& [key, bytes] : options.max_memory) {
     absl::StatusOr<Device> device = ParseDevice(key);
@@ -32,16 +37,26 @@ absl::StatusOr<std::unique_ptr<DeviceSet>> DeviceSet::Create(const Options& opti
     }
     limits[device->ToString()] = bytes;
   }
-  for (const Device& device : devices) {
+  auto add = [&](const Device& device, int64_t default_max_bytes,
+                 std::unique_ptr<DeviceAllocator> allocator) -> absl::StatusOr<Entry*> {
     MemoryPool::Options pool_options;
     pool_options.device = device;
-    pool_options.max_bytes = limits.count(device.ToString()) ? limits[device.ToString()] : 0;
+    auto limit = limits.find(device.ToString());
+    pool_options.max_bytes = limit != limits.end() ? limit->second : default_max_bytes;
     pool_options.observer = options.observer;
+    pool_options.allocator = std::move(allocator);
     Entry entry;
     entry.device = device;
     KBITD_ASSIGN_OR_RETURN(entry.pool, MemoryPool::Create(std::move(pool_options)));
-    entry.backend = NewCpuBackend(options.cpu_threads);
     set->entries_.push_back(std::move(entry));
+    return &set->entries_.back();
+  };
+  KBITD_ASSIGN_OR_RETURN(Entry * host, add(Device::Cpu(), 0, nullptr));
+  host->backend = NewCpuBackend(options.cpu_threads);
+  for (AcceleratorDevice& a : accelerators) {
+    KBITD_ASSIGN_OR_RETURN(Entry * entry,
+                           add(a.device, a.default_max_bytes, std::move(a.allocator)));
+    KBITD_ASSIGN_OR_RETURN(entry->backend, a.make_backend(entry->pool));
   }
   return set;
 }

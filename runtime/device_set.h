@@ -1,7 +1,7 @@
 // The devices this process computes on, each with its one memory pool and one backend, created at
 // start and shared by every model on the device: a device's max_memory therefore holds across
 // models, and its pool's totals are the device's totals (what kbitd_device_memory_bytes reports).
-// Today the host CPU is the one device; CUDA devices join it when the CUDA backend is built.
+// The host CPU is always a device; accelerators (runtime/cuda) join through Options.accelerators.
 // Thread-safety: the set is immutable after Create. Pools are thread-safe; a backend is driven by
 // one thread at a time (the device's worker in the daemon).
 #pragma once
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/accelerator.h"
 #include "runtime/backend.h"
 #include "runtime/device.h"
 #include "runtime/memory_pool.h"
@@ -27,6 +28,9 @@ class DeviceSet {
     // on the device together. A model's own max_memory (LoadOptions) caps it within this.
     std::map<std::string, int64_t> max_memory;
     MemoryObserver* observer = nullptr;  // not owned; must outlive the set
+    // Finds the accelerators to add after the host (e.g. runtime/cuda's DiscoverCudaDevices);
+    // unset = the host only.
+    AcceleratorDiscovery accelerators;
   };
   // INVALID_ARGUMENT for a max_memory key that is not a device or names one that is not here.
   static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(const Options& options);
