@@ -154,14 +154,23 @@ absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCac
 absl::Status SetAvailableMemory(const MemoryPool& pool, const std::string& owner,
                                 KvCacheBudget* budget) {
   budget->device = pool.device().ToString();
+  const int64_t left = pool.owner_bytes_left(owner);
   if (!pool.device().is_cpu()) {
-    return absl::UnimplementedError(absl::StrCat("sizing a KV cache on ", budget->device,
-                                                 ": only the host's free memory can be read"));
+    // A GPU pool always has a budget (max_memory, or 90 % of the memory free at start), which
+    // only kbitd allocates from: what is left of it is what the device can still give.
+    if (left < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sizing a KV cache on ", budget->device, ": the device has no budget"));
+    }
+    budget->available_bytes = left;
+    budget->available_source = absl::StrCat(
+        "what is left of ", budget->device, "'s budget for ", owner, ": ", pool.used_bytes(),
+        " bytes of the device in use, ", pool.owner_bytes(owner), " of them by ", owner);
+    return absl::OkStatus();
   }
   KBITD_ASSIGN_OR_RETURN(HostMemory host, ReadHostMemory());
   budget->available_bytes = host.available_bytes;
   budget->available_source = host.source;
-  const int64_t left = pool.owner_bytes_left(owner);
   if (left >= 0 && left < budget->available_bytes) {
     budget->available_bytes = left;
     budget->available_source = absl::StrCat(

@@ -106,8 +106,8 @@ absl::StatusOr<int64_t> KvCacheBlocks(const KvCache::Options& shape, const KvCac
 
 // Sets budget->device and the available bytes of `pool`'s device for `owner`: the host's available
 // memory (runtime/host_memory.h), cut to what is left of the device's max_memory and of the
-// owner's own limit (MemoryPool::LimitOwner).
-// UNIMPLEMENTED for a pool on another device (only the host's free memory can be read so far).
+// owner's own limit (MemoryPool::LimitOwner). On a GPU, what is left of the pool's budget for
+// the owner (the pool is the only user of the memory it was given).
 absl::Status SetAvailableMemory(const MemoryPool& pool, const std::string& owner,
                                 KvCacheBudget* budget);
 

@@ -28,6 +28,7 @@ struct LoadContext {
   const Checkpoint& checkpoint;
   const PlacementPlan& plan;
   MemoryPool* pool = nullptr;  // the pool of the module being loaded (UseDeviceOf)
+  Backend* backend = nullptr;  // that device's backend: copies host bytes to a device
   // Quantization to apply to plain linears (quantize-on-load), nullopt = keep dense.
   std::optional<QuantizationConfig> quantize;
   bool prequantized = false;
@@ -86,6 +87,7 @@ absl::Status UseDeviceOf(LoadContext& ctx, const std::string& module) {
   KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> pool,
                          ctx.options.devices->Pool(ctx.plan.DeviceFor(module)));
   ctx.pool = pool.get();  // the DeviceSet owns it for longer than the load
+  KBITD_ASSIGN_OR_RETURN(ctx.backend, ctx.options.devices->BackendFor(pool->device()));
   return absl::OkStatus();
 }
 
@@ -93,18 +95,33 @@ absl::StatusOr<Buffer> Allocate(LoadContext& ctx, size_t bytes) {
   return ctx.pool->Allocate(bytes, MemoryCategory::kWeights, ctx.options.name);
 }
 
+// A weights buffer on the module's device holding `bytes` host bytes. Weights are prepared on
+// the host (converted, quantized, or read from the mapped checkpoint) and copied once; a device
+// buffer is complete when this returns, so the host bytes may go right after.
+absl::StatusOr<Buffer> Place(LoadContext& ctx, const void* host, size_t bytes) {
+  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, bytes));
+  if (bytes == 0) return buffer;
+  if (buffer.device().is_cpu()) {
+    std::memcpy(buffer.data(), host, bytes);
+    return buffer;
+  }
+  const int64_t n = static_cast<int64_t>(bytes);
+  KBITD_RETURN_IF_ERROR(ctx.backend->CopyTo(Tensor::Host(host, ScalarType::kUInt8, {n}),
+                                            buffer.View(ScalarType::kUInt8, {n})));
+  KBITD_RETURN_IF_ERROR(ctx.backend->Synchronize());
+  return buffer;
+}
+
 // Copies raw bytes of a view into a weights buffer.
 absl::StatusOr<Buffer> CopyBytes(LoadContext& ctx, const TensorView& view) {
-  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, view.data.size()));
-  std::memcpy(buffer.data(), view.data.data(), view.data.size());
-  return buffer;
+  return Place(ctx, view.data.data(), view.data.size());
 }
 
 // A float vector tensor (norm weight, bias) converted to float32.
 absl::StatusOr<Tensor> LoadFloatVector(LoadContext& ctx, const std::string& name, int64_t n,
                                        std::vector<Buffer>* storage) {
   KBITD_ASSIGN_OR_RETURN(TensorView view, GetFloat(ctx, name, {n}));
-  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, n * sizeof(float)));
+  std::vector<float> values(n);
   for (int64_t i = 0; i < n; ++i) {
     float v;
     std::memcpy(&v, view.data.data() + i * 4, view.dtype == ScalarType::kFloat32 ? 4 : 0);
@@ -113,8 +130,9 @@ absl::StatusOr<Tensor> LoadFloatVector(LoadContext& ctx, const std::string& name
       std::memcpy(&bits, view.data.data() + i * 2, 2);
       v = view.dtype == ScalarType::kFloat16 ? HalfToFloat(bits) : BFloat16ToFloat(bits);
     }
-    buffer.as<float>()[i] = v;
+    values[i] = v;
   }
+  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Place(ctx, values.data(), n * sizeof(float)));
   ctx.parameter_count += n;
   Tensor tensor = buffer.View(ScalarType::kFloat32, {n});
   storage->push_back(std::move(buffer));
@@ -131,9 +149,7 @@ const void* AlignedFloatData(const TensorView& view, std::vector<uint8_t>* copy)
 
 template <typename T>
 absl::StatusOr<Buffer> CopyVector(LoadContext& ctx, const std::vector<T>& values) {
-  KBITD_ASSIGN_OR_RETURN(Buffer buffer, Allocate(ctx, values.size() * sizeof(T)));
-  std::memcpy(buffer.data(), values.data(), values.size() * sizeof(T));
-  return buffer;
+  return Place(ctx, values.data(), values.size() * sizeof(T));
 }
 
 // A 4-bit weight's block scales in the weights pool: plain fp32 absmax, or (double quant) the
@@ -165,10 +181,12 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   std::vector<uint8_t> aligned;
   const void* data = AlignedFloatData(view, &aligned);
   if (q.load_in_8bit) {
-    KBITD_ASSIGN_OR_RETURN(Buffer cb, Allocate(ctx, n));
-    KBITD_ASSIGN_OR_RETURN(Buffer scb, Allocate(ctx, w->out_features * sizeof(float)));
+    std::vector<int8_t> host_cb(n);
+    std::vector<float> host_scb(w->out_features);
     KBITD_RETURN_IF_ERROR(quant::QuantizeRowwiseInt8(
-        data, view.dtype, w->out_features, w->in_features, cb.as<int8_t>(), scb.as<float>()));
+        data, view.dtype, w->out_features, w->in_features, host_cb.data(), host_scb.data()));
+    KBITD_ASSIGN_OR_RETURN(Buffer cb, CopyVector(ctx, host_cb));
+    KBITD_ASSIGN_OR_RETURN(Buffer scb, CopyVector(ctx, host_scb));
     w->quant_type = quant::QuantType::kInt8Rowwise;
     w->cb = cb.View(ScalarType::kInt8, {w->out_features, w->in_features});
     w->scb = scb.View(ScalarType::kFloat32, {w->out_features});
@@ -180,10 +198,11 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   KBITD_ASSIGN_OR_RETURN(quant::FourBitType type,
                          quant::FourBitTypeFromName(q.bnb_4bit_quant_type));
   const int64_t blocks = quant::NumBlocks(n, q.blocksize);
-  KBITD_ASSIGN_OR_RETURN(Buffer packed, Allocate(ctx, quant::Packed4bitBytes(n)));
+  std::vector<uint8_t> host_packed(quant::Packed4bitBytes(n));
   std::vector<float> absmax(blocks);
   KBITD_RETURN_IF_ERROR(quant::Quantize4bit(type, data, view.dtype, n, q.blocksize,
-                                            packed.as<uint8_t>(), absmax.data()));
+                                            host_packed.data(), absmax.data()));
+  KBITD_ASSIGN_OR_RETURN(Buffer packed, CopyVector(ctx, host_packed));
   const bool nf4 = type == quant::FourBitType::kNf4;
   w->quant_type = nf4 ? quant::QuantType::kNf4 : quant::QuantType::kFp4;
   const auto& code = nf4 ? quant::Nf4Code() : quant::Fp4Code();

@@ -114,7 +114,9 @@ absl::StatusOr<runtime::LoadOptions> ToLoadOptions(const v1::LoadModelRequest& r
     options.quantization = config;
   }
   const v1::PlacementConfig& p = request.placement();
-  if (!p.device_map().empty()) options.placement.device_map = p.device_map();
+  // No device_map: "auto", as the daemon serves on the GPUs when there are any (the host
+  // otherwise, where "auto" places every module).
+  options.placement.device_map = p.device_map().empty() ? "auto" : p.device_map();
   options.placement.explicit_map.insert(p.device_map_modules().begin(),
                                         p.device_map_modules().end());
   for (const auto& [device, size] : p.max_memory()) {

@@ -221,13 +221,29 @@ class NullAllocator : public DeviceAllocator {
   void Free(void*, size_t) override {}
 };
 
-TEST(KvCacheSizingTest, AvailableMemoryOfAnotherDeviceIsUnimplemented) {
+TEST(KvCacheSizingTest, AGpuGivesWhatIsLeftOfItsBudget) {
+  MemoryPool::Options options;
+  options.device = Device::Cuda(0);
+  options.max_bytes = 1000;
+  options.allocator = std::make_unique<NullAllocator>();
+  auto pool = *MemoryPool::Create(std::move(options));
+  auto limit = pool->LimitOwner("m", 600);
+  Buffer weights = *pool->Allocate(100, MemoryCategory::kWeights, "m");
+  Buffer other = *pool->Allocate(450, MemoryCategory::kWeights, "other");
+  KvCacheBudget budget;
+  ASSERT_TRUE(SetAvailableMemory(*pool, "m", &budget).ok());
+  EXPECT_EQ(budget.device, "cuda:0");
+  EXPECT_EQ(budget.available_bytes, 1000 - 550);  // the device's budget binds before m's 500
+  EXPECT_NE(budget.available_source.find("cuda:0"), std::string::npos);
+}
+
+TEST(KvCacheSizingTest, AGpuWithoutABudgetIsAnError) {
   MemoryPool::Options options;
   options.device = Device::Cuda(0);
   options.allocator = std::make_unique<NullAllocator>();
   auto pool = *MemoryPool::Create(std::move(options));
   KvCacheBudget budget;
-  EXPECT_EQ(SetAvailableMemory(*pool, "m", &budget).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(SetAvailableMemory(*pool, "m", &budget).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
