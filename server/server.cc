@@ -14,6 +14,9 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "runtime/placement.h"
+#ifdef KBITD_WITH_CUDA
+#include "runtime/cuda/cuda_devices.h"
+#endif
 
 namespace kbitd::server {
 namespace {
@@ -64,6 +67,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const v1::Config& config)
   runtime::DeviceSet::Options device_options;
   device_options.cpu_threads = config.num_threads();
   device_options.observer = server->metrics_.get();
+#ifdef KBITD_WITH_CUDA
+  device_options.accelerators = runtime::cuda::DiscoverCudaDevices;
+#endif
   for (const auto& [device, size] : config.max_memory()) {
     absl::StatusOr<int64_t> bytes = runtime::ParseMemorySize(size);
     if (!bytes.ok()) {
