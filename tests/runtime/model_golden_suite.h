@@ -1,5 +1,9 @@
 // The forward pass, engine and loader against transformers (+ bitsandbytes) goldens recorded by
-// tools/golden/make_model_goldens.py on the GPU machine (tests/data/models/summary.json).
+// tools/golden/make_model_goldens.py on the GPU machine (tests/data/models/summary.json), written
+// once for every backend: a test file includes this suite and defines the GoldenTarget it runs
+// on (model_golden_test.cc: the host; cuda/cuda_model_golden_test.cc: cuda:0).
+#pragma once
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -7,11 +11,21 @@
 
 #include "gtest/gtest.h"
 #include "runtime/checkpoint/safetensors.h"
+#include "runtime/device_set.h"
 #include "runtime/engine.h"
 #include "runtime/loader.h"
-#include "tests/test_util/test_devices.h"
 
 namespace kbitd::runtime {
+
+// Where the suite loads and runs its models; defined by the file that includes the suite.
+struct GoldenTarget {
+  DeviceSet* devices = nullptr;  // null: not available here (the tests skip)
+  std::string device_map;        // LoadOptions.placement.device_map
+  Backend* backend = nullptr;
+  std::string error;  // why the device could not be set up though it is present
+};
+const GoldenTarget& GetGoldenTarget();
+
 namespace {
 
 const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
@@ -43,7 +57,8 @@ class Goldens {
 
 std::shared_ptr<Model> Load(const std::string& dir, std::optional<QuantizationConfig> q = {}) {
   LoadOptions options;
-  options.devices = &kbitd::test::TestDevices();
+  options.devices = GetGoldenTarget().devices;
+  options.placement.device_map = GetGoldenTarget().device_map;
   options.path = dir;
   options.quantization = q;
   auto model = LoadModel(options);
@@ -54,7 +69,7 @@ std::shared_ptr<Model> Load(const std::string& dir, std::optional<QuantizationCo
 std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model) {
   Engine::Options options;
   options.kv_cache_tokens = 512;
-  auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
+  auto engine = Engine::Create(model, *GetGoldenTarget().backend, options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return std::move(*engine);
 }
@@ -129,7 +144,13 @@ CompareResult CompareGreedy(const std::shared_ptr<Model>& model, const Goldens& 
   return result;
 }
 
-class ModelGoldenTest : public ::testing::TestWithParam<std::string> {};
+class ModelGoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(GetGoldenTarget().error, "");
+    if (GetGoldenTarget().devices == nullptr) GTEST_SKIP() << "no device for this backend";
+  }
+};
 
 TEST_P(ModelGoldenTest, Fp32MatchesTransformersAtEveryPosition) {
   Goldens g(GetParam());
@@ -201,7 +222,13 @@ float BnbTolerance(const std::string& variant) {
   return tol;
 }
 
-class QuantizedGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, int, bool>> {};
+class QuantizedGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, int, bool>> {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(GetGoldenTarget().error, "");
+    if (GetGoldenTarget().devices == nullptr) GTEST_SKIP() << "no device for this backend";
+  }
+};
 
 TEST_P(QuantizedGoldenTest, WithinBitsandbytesCudaVsCpuTolerance) {
   const auto& [model_name, variant_index, prequantized] = GetParam();
