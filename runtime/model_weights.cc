@@ -3,8 +3,8 @@
 namespace kbitd::runtime {
 
 Device LinearWeight::device() const {
-  for (const Tensor* t : {&dense, &packed, &cb}) {
-    if (t->defined()) return t->device;
+  for (const Part& part : parts()) {
+    if (part.tensor->defined()) return part.tensor->device;
   }
   return Device::Cpu();
 }

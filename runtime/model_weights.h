@@ -60,7 +60,23 @@ struct LinearWeight {
     return quant_type == quant::QuantType::kNf4 || quant_type == quant::QuantType::kFp4;
   }
   bool nested() const { return absmax_codes.defined(); }
-  // The device of its data (all of a weight's tensors live on one device).
+  // Its tensors by field name, defined or not, so that a check or a copy misses none.
+  struct Part {
+    const char* name;
+    const Tensor* tensor;
+  };
+  std::array<Part, 8> parts() const {
+    return {{{"dense", &dense},
+             {"packed", &packed},
+             {"absmax", &absmax},
+             {"absmax_codes", &absmax_codes},
+             {"nested_absmax", &nested_absmax},
+             {"cb", &cb},
+             {"scb", &scb},
+             {"bias", &bias}}};
+  }
+  // The device of its data: that of its first defined tensor (all of a weight's tensors live on
+  // one device; a backend checks each of them). The host when it has none.
   Device device() const;
   int64_t num_blocks() const { return (out_features * in_features + blocksize - 1) / blocksize; }
   // Bytes the weight occupies as stored (what a matmul must stream), bias excluded.

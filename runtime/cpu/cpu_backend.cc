@@ -10,61 +10,24 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "quant/int8_rowwise.h"
+#include "runtime/cpu/cpu_checks.h"
 #include "runtime/cpu/cpu_kernels.h"
 
 namespace kbitd::runtime {
 namespace {
 
+using cpu::CheckFloat32;
+using cpu::CheckInt32;
+using cpu::CheckKvCache;
+using cpu::CheckMatrix;
+using cpu::CheckSameSize;
+using cpu::CheckSlots;
+using cpu::CheckStep;
+using cpu::Describe;
+
 // Rows per parallel chunk: enough work per task to amortise the fork-join.
 int64_t RowGrain(int64_t k, int64_t m) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k * std::min<int64_t>(m, 8)));
-}
-
-// The CPU backend computes in float32 on host memory; anything else is a caller's bug or a tensor
-// meant for another device.
-absl::Status CheckFloat32(const char* op, std::initializer_list<const Tensor*> tensors) {
-  for (const Tensor* t : tensors) {
-    if (t->dtype != ScalarType::kFloat32 || !t->device.is_cpu() || !t->defined()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(op, ": the CPU backend takes float32 host tensors, got ",
-                       t->defined() ? std::string(TorchDtypeName(t->dtype)) : "no data", " on ",
-                       t->device.ToString()));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckInt32(const char* op, const Tensor& t, int64_t count) {
-  if (t.dtype != ScalarType::kInt32 || !t.device.is_cpu() || t.numel() != count ||
-      (count > 0 && !t.defined())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": expected ", count, " int32 host values, got ", t.numel(), " ",
-                     std::string(TorchDtypeName(t.dtype)), " on ", t.device.ToString()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckSameSize(const char* op, const Tensor& a, const Tensor& b) {
-  if (a.numel() != b.numel()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", a.numel(), " and ", b.numel(), " elements"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckLinearShapes(const LinearWeight& w, const Tensor& x, const Tensor& y) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("Linear", {&x, &y}));
-  if (!w.device().is_cpu()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("linear ", w.name, ": weights on ", w.device().ToString(), ", not the host"));
-  }
-  if (x.rank != 2 || y.rank != 2 || x.dim(1) != w.in_features || y.dim(1) != w.out_features ||
-      x.dim(0) != y.dim(0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "linear ", w.name, ": x [", x.dim(0), ", ", x.dim(1), "] / y [", y.dim(0), ", ", y.dim(1),
-        "] do not match weight [", w.out_features, ", ", w.in_features, "]"));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -72,10 +35,13 @@ absl::Status CheckLinearShapes(const LinearWeight& w, const Tensor& x, const Ten
 CpuBackend::CpuBackend(int num_threads) : device_(Device::Cpu()), pool_(num_threads) {}
 
 absl::Status CpuBackend::Embedding(const Tensor& embed, const Tensor& tokens, Tensor out) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("Embedding", {&out}));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("Embedding", "out", out, -1, -1));
   KBITD_RETURN_IF_ERROR(CheckInt32("Embedding", tokens, out.dim(0)));
-  if (embed.rank != 2 || embed.dim(1) != out.dim(1) || !embed.device.is_cpu()) {
-    return absl::InvalidArgumentError("Embedding: table and output widths differ");
+  if (!embed.defined() || embed.rank != 2 || embed.dim(1) != out.dim(1) || !embed.device.is_cpu() ||
+      (embed.dtype != ScalarType::kFloat32 && embed.dtype != ScalarType::kFloat16 &&
+       embed.dtype != ScalarType::kBFloat16)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Embedding: table ", Describe(embed), " does not fill out ", Describe(out)));
   }
   const int64_t hidden = out.dim(1);
   const int32_t* ids = tokens.as<const int32_t>();
@@ -96,7 +62,7 @@ absl::Status CpuBackend::Embedding(const Tensor& embed, const Tensor& tokens, Te
 }
 
 absl::Status CpuBackend::Linear(const LinearWeight& w, const Tensor& x, Tensor y) {
-  if (auto s = CheckLinearShapes(w, x, y); !s.ok()) return s;
+  KBITD_RETURN_IF_ERROR(cpu::CheckLinear(w, x, y));
   if (w.is_dense()) return DenseLinear(w, x, y);
   switch (*w.quant_type) {
     case quant::QuantType::kNf4:
@@ -223,8 +189,14 @@ absl::Status CpuBackend::Int8Linear(const LinearWeight& w, const Tensor& x, Tens
 }
 
 absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor y) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("RmsNorm", {&x, &weight, &y}));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("RmsNorm", "x", x, -1, -1));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("RmsNorm", "y", y, x.dim(0), x.dim(1)));
+  KBITD_RETURN_IF_ERROR(CheckFloat32("RmsNorm", {&weight}));
   const int64_t n = x.dim(1);
+  if (weight.numel() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RmsNorm: weight ", Describe(weight), " for x ", Describe(x)));
+  }
   const float* w = weight.f32();
   for (int64_t t = 0; t < x.dim(0); ++t) {
     const float* in = x.row(t);
@@ -238,8 +210,14 @@ absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float ep
 
 absl::Status CpuBackend::Rope(Tensor q, Tensor k, int64_t head_dim, const Tensor& positions,
                               const Tensor& inv_freq) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("Rope", {&q, &k, &inv_freq}));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("Rope", "q", q, -1, -1));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("Rope", "k", k, q.dim(0), -1));
+  KBITD_RETURN_IF_ERROR(CheckFloat32("Rope", {&inv_freq}));
   KBITD_RETURN_IF_ERROR(CheckInt32("Rope", positions, q.dim(0)));
+  if (head_dim <= 0 || head_dim % 2 != 0 || q.dim(1) % head_dim != 0 || k.dim(1) % head_dim != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Rope: q ", Describe(q), " / k ", Describe(k),
+                                                   " are not heads of ", head_dim));
+  }
   const int64_t half = head_dim / 2;
   if (inv_freq.numel() != half) {
     return absl::InvalidArgumentError(
@@ -281,36 +259,17 @@ float* KvSlot(const Tensor& layer_kv, const int32_t* table, int64_t position) {
          (position % block_size) * layer_kv.strides[1];
 }
 
-absl::Status CheckStep(const char* op, const StepInputs& step, int64_t tokens) {
-  KBITD_RETURN_IF_ERROR(CheckInt32(op, step.positions, tokens));
-  KBITD_RETURN_IF_ERROR(CheckInt32(op, step.token_sequence, tokens));
-  if (step.block_tables.rank != 2 || step.block_tables.dtype != ScalarType::kInt32) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": block_tables must be int32 [S, blocks]"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckKvCache(const char* op, const KvCache& cache, int64_t layer) {
-  if (cache.dtype() != ScalarType::kFloat32 || !cache.device().is_cpu()) {
-    return absl::UnimplementedError(absl::StrCat(
-        op, ": the CPU backend reads a float32 KV cache on the host, not ",
-        std::string(TorchDtypeName(cache.dtype())), " on ", cache.device().ToString()));
-  }
-  if (layer < 0 || layer >= cache.num_layers()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": layer ", layer, " outside the cache's ", cache.num_layers()));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status CpuBackend::WriteKv(KvCache& cache, int64_t layer, const Tensor& k, const Tensor& v,
                                  const StepInputs& step) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("WriteKv", {&k, &v}));
-  KBITD_RETURN_IF_ERROR(CheckStep("WriteKv", step, k.dim(0)));
   KBITD_RETURN_IF_ERROR(CheckKvCache("WriteKv", cache, layer));
   const Tensor keys = cache.keys(layer), values = cache.values(layer);
+  const int64_t width = keys.dim(2) * keys.dim(3);  // kv heads x head_dim
+  KBITD_RETURN_IF_ERROR(CheckMatrix("WriteKv", "k", k, -1, width));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("WriteKv", "v", v, k.dim(0), width));
+  KBITD_RETURN_IF_ERROR(CheckStep("WriteKv", step, k.dim(0)));
+  KBITD_RETURN_IF_ERROR(CheckSlots("WriteKv", cache, step, k.dim(0), /*history=*/false));
   const int64_t bytes = keys.strides[1] * static_cast<int64_t>(sizeof(float));
   const int32_t* positions = step.positions.as<const int32_t>();
   const int32_t* sequence = step.token_sequence.as<const int32_t>();
@@ -327,17 +286,20 @@ absl::Status CpuBackend::WriteKv(KvCache& cache, int64_t layer, const Tensor& k,
 absl::Status CpuBackend::Attention(const KvCache& cache, int64_t layer, const Tensor& q,
                                    const StepInputs& step, const AttentionShape& shape,
                                    Tensor out) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("Attention", {&q, &out}));
-  KBITD_RETURN_IF_ERROR(CheckStep("Attention", step, q.dim(0)));
   KBITD_RETURN_IF_ERROR(CheckKvCache("Attention", cache, layer));
   const int64_t num_heads = shape.num_heads, head_dim = shape.head_dim;
+  KBITD_RETURN_IF_ERROR(CheckMatrix("Attention", "q", q, -1, num_heads * head_dim));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("Attention", "out", out, q.dim(0), num_heads * head_dim));
+  const Tensor cache_keys = cache.keys(layer);
   if (shape.num_kv_heads <= 0 || num_heads % shape.num_kv_heads != 0 ||
-      q.dim(1) != num_heads * head_dim || out.dim(1) != num_heads * head_dim) {
+      shape.num_kv_heads != cache_keys.dim(2) || head_dim != cache_keys.dim(3)) {
     return absl::InvalidArgumentError(
         absl::StrCat("Attention: ", num_heads, " heads of ", head_dim, " over ", shape.num_kv_heads,
-                     " kv heads do not match q [", q.dim(0), ", ", q.dim(1), "] / out [",
-                     out.dim(0), ", ", out.dim(1), "]"));
+                     " kv heads do not match the cache's ", cache_keys.dim(2), " kv heads of ",
+                     cache_keys.dim(3)));
   }
+  KBITD_RETURN_IF_ERROR(CheckStep("Attention", step, q.dim(0)));
+  KBITD_RETURN_IF_ERROR(CheckSlots("Attention", cache, step, q.dim(0), /*history=*/true));
   const int64_t tokens = q.dim(0);
   const int64_t group = num_heads / shape.num_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -413,7 +375,8 @@ absl::Status CpuBackend::RoundTo(Tensor x, ScalarType dtype) {
 }
 
 absl::Status CpuBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor out) {
-  KBITD_RETURN_IF_ERROR(CheckFloat32("GatherRows", {&x, &out}));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("GatherRows", "x", x, -1, -1));
+  KBITD_RETURN_IF_ERROR(CheckMatrix("GatherRows", "out", out, -1, x.dim(1)));
   KBITD_RETURN_IF_ERROR(CheckInt32("GatherRows", rows, out.dim(0)));
   const int32_t* r = rows.as<const int32_t>();
   for (int64_t i = 0; i < rows.numel(); ++i) {
@@ -432,7 +395,8 @@ absl::Status CpuBackend::CopyTo(const Tensor& src, Tensor dst) {
         absl::StrCat("CopyTo: the CPU backend copies host memory, not ", src.device.ToString(),
                      " -> ", dst.device.ToString()));
   }
-  if (src.dtype != dst.dtype || src.numel() != dst.numel()) {
+  if (src.dtype != dst.dtype || src.numel() != dst.numel() ||
+      (src.numel() > 0 && (!src.defined() || !dst.defined()))) {
     return absl::InvalidArgumentError(
         absl::StrCat("CopyTo: ", src.numel(), " x ", std::string(TorchDtypeName(src.dtype)),
                      " into ", dst.numel(), " x ", std::string(TorchDtypeName(dst.dtype))));

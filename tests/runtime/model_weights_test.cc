@@ -69,6 +69,10 @@ TEST(ModelWeightsTest, AWeightIsOnTheDeviceOfItsData) {
   w.quant_type = quant::QuantType::kFp4;
   w.packed = Tensor::Make(bytes.data(), ScalarType::kUInt8, {64}, Device::Cuda(1));
   EXPECT_EQ(w.device(), Device::Cuda(1));
+  // Any of its tensors tells: a weight whose only data so far is its bias is where the bias is.
+  LinearWeight bias_only;
+  bias_only.bias = Tensor::Make(bytes.data(), ScalarType::kFloat32, {16}, Device::Cuda(2));
+  EXPECT_EQ(bias_only.device(), Device::Cuda(2));
   EXPECT_EQ(Tensor().bytes(), 0);  // an undefined tensor holds nothing
 }
 
