@@ -4,7 +4,11 @@
 //
 // The contract:
 //  - Every op returns a status: a shape or dtype the backend cannot run is INVALID_ARGUMENT or
-//    UNIMPLEMENTED naming the op, and a device error surfaces at the op that saw it.
+//    UNIMPLEMENTED naming the op, and a device error surfaces at the op that saw it. Indices held
+//    in device memory (token ids, positions, sequences, blocks, rows) are checked where they are
+//    read: on the host by the op itself; on a GPU by the kernel, which skips what is out of range
+//    and makes the next Synchronize return INVALID_ARGUMENT naming the op (checking on the host
+//    would cost a synchronisation per op).
 //  - Tensors are on the backend's device, except where an op says otherwise (CopyTo reads or
 //    writes the host). Weights come from ModelWeights in their stored formats.
 //  - Activations are 2-D [tokens, features] in ActivationDtype(compute dtype): float32 on the CPU

@@ -73,8 +73,9 @@ class CudaBackend : public Backend {
         tokens.dtype != ScalarType::kInt32 || tokens.numel() != out.dim(0)) {
       return Mismatch("Embedding", {&table, &tokens, &out});
     }
+    flags_pending_ = true;
     return LaunchEmbedding(table.data, table.dtype, table.dim(0), tokens.as<const int32_t>(),
-                           out.dim(0), out.dim(1), out.data, out.dtype, stream_);
+                           out.dim(0), out.dim(1), out.data, out.dtype, error_flags_, stream_);
   }
 
   absl::Status Linear(const LinearWeight& w, const Tensor& x, Tensor y) override {
@@ -208,8 +209,10 @@ class CudaBackend : public Backend {
       return Mismatch("GatherRows", {&x, &rows, &out});
     }
     if (out.dim(0) == 0) return absl::OkStatus();
-    return LaunchGatherRows(x.data, x.dim(1) * static_cast<int64_t>(ScalarTypeSize(x.dtype)),
-                            rows.as<const int32_t>(), out.dim(0), out.data, stream_);
+    flags_pending_ = true;
+    return LaunchGatherRows(x.data, x.dim(0),
+                            x.dim(1) * static_cast<int64_t>(ScalarTypeSize(x.dtype)),
+                            rows.as<const int32_t>(), out.dim(0), out.data, error_flags_, stream_);
   }
 
   absl::Status CopyTo(const Tensor& src, Tensor dst) override {
@@ -233,7 +236,27 @@ class CudaBackend : public Backend {
 
   absl::Status Synchronize() override {
     KBITD_RETURN_IF_ERROR(Activate());
-    return CudaStatus(cudaStreamSynchronize(stream_), "step on " + device_.ToString());
+    KBITD_RETURN_IF_ERROR(
+        CudaStatus(cudaStreamSynchronize(stream_), "step on " + device_.ToString()));
+    if (!flags_pending_) return absl::OkStatus();
+    // What the kernels found out of range since the last check (cuda_kernels.h ErrorFlag).
+    flags_pending_ = false;
+    int32_t flags = 0;
+    KBITD_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpy(&flags, error_flags_, sizeof(flags), cudaMemcpyDeviceToHost), "error flags"));
+    if (flags == 0) return absl::OkStatus();
+    KBITD_RETURN_IF_ERROR(
+        CudaStatus(cudaMemset(error_flags_, 0, sizeof(int32_t)), "error flags reset"));
+    std::string ops;
+    for (auto [bit, what] :
+         {std::pair{kBadToken, "Embedding: a token id outside the table"},
+          {kBadKvWrite, "WriteKv: a sequence, position or KV block out of range"},
+          {kBadKvRead, "Attention: a sequence, position or KV block out of range"},
+          {kBadGatherRow, "GatherRows: a row outside its input"}}) {
+      if (flags & bit) absl::StrAppend(&ops, ops.empty() ? "" : "; ", what);
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(ops, " (found on ", device_.ToString(), "; the op's output is not written)"));
   }
 
   absl::Status Prefetch(const LayerWeights&) override { return absl::OkStatus(); }
@@ -289,11 +312,14 @@ class CudaBackend : public Backend {
                        Describe(step.positions), ", token_sequence ", Describe(step.token_sequence),
                        ", block_tables ", Describe(step.block_tables)));
     }
+    flags_pending_ = true;
     return StepPointers{.positions = step.positions.as<const int32_t>(),
                         .token_sequence = step.token_sequence.as<const int32_t>(),
                         .block_tables = step.block_tables.as<const int32_t>(),
+                        .sequences = step.block_tables.dim(0),
                         .max_blocks = step.block_tables.dim(1),
-                        .tokens = tokens};
+                        .tokens = tokens,
+                        .error_flags = error_flags_};
   }
 
   // Device scratch of at least `bytes`, valid until the next call. Growing waits for the stream
@@ -387,6 +413,9 @@ class CudaBackend : public Backend {
   std::unique_ptr<CublasLtGemm> gemm_;
   Buffer dynamic_map_;
   Buffer scratch_;
+  Buffer error_flags_buffer_;
+  int32_t* error_flags_ = nullptr;  // device word of ErrorFlag bits
+  bool flags_pending_ = false;      // a kernel that may set them ran since the last check
 };
 
 }  // namespace

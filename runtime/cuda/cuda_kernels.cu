@@ -62,15 +62,23 @@ int Blocks(int64_t n, int threads = kThreads) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
 }
 
+__device__ __forceinline__ void Flag(int32_t* error_flags, int32_t bit) {
+  if (error_flags != nullptr) atomicOr(error_flags, bit);
+}
+
 template <typename Tin, typename Tout>
 __global__ void EmbeddingKernel(const Tin* table, int64_t vocab, const int32_t* ids, int64_t tokens,
-                                int64_t hidden, Tout* out) {
+                                int64_t hidden, Tout* out, int32_t* error_flags) {
   const int64_t n = tokens * hidden;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / hidden, c = i % hidden;
     const int32_t id = ids[t];
-    out[i] = FromFloat<Tout>(id >= 0 && id < vocab ? ToFloat(table[id * hidden + c]) : 0.0f);
+    if (id < 0 || id >= vocab) {
+      if (c == 0) Flag(error_flags, kBadToken);
+      continue;
+    }
+    out[i] = FromFloat<Tout>(ToFloat(table[id * hidden + c]));
   }
 }
 
@@ -128,10 +136,18 @@ __global__ void RopeKernel(T* q, int64_t q_width, T* k, int64_t k_width, int64_t
   }
 }
 
-__device__ __forceinline__ int64_t SlotOf(const StepPointers& step, int64_t block_size,
+// The cache slot of `position` of `token`'s sequence, or -1 when the sequence, the position or
+// the block it names is out of range.
+__device__ __forceinline__ int64_t SlotOf(const StepPointers& step, const PagedKv& cache,
                                           int64_t token, int64_t position) {
-  const int32_t* table = step.block_tables + step.token_sequence[token] * step.max_blocks;
-  return static_cast<int64_t>(table[position / block_size]) * block_size + position % block_size;
+  const int32_t sequence = step.token_sequence[token];
+  if (sequence < 0 || sequence >= step.sequences || position < 0 ||
+      position >= step.max_blocks * cache.block_size) {
+    return -1;
+  }
+  const int32_t block = step.block_tables[sequence * step.max_blocks + position / cache.block_size];
+  if (block < 0 || block >= cache.num_blocks) return -1;
+  return static_cast<int64_t>(block) * cache.block_size + position % cache.block_size;
 }
 
 template <typename T>
@@ -143,7 +159,11 @@ __global__ void WriteKvKernel(PagedKv cache, StepPointers step, const T* k, cons
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / width, e = i % width;
-    const int64_t slot = SlotOf(step, cache.block_size, t, step.positions[t]);
+    const int64_t slot = SlotOf(step, cache, t, step.positions[t]);
+    if (slot < 0) {
+      if (e == 0) Flag(step.error_flags, kBadKvWrite);
+      continue;
+    }
     keys[slot * width + e] = k[i];
     values[slot * width + e] = v[i];
   }
@@ -175,8 +195,21 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   const T* keys = static_cast<const T*>(cache.keys);
   const T* values = static_cast<const T*>(cache.values);
   const int64_t length = step.positions[t] + 1;
+  // Every position this token reads must be in range (checked by the whole block, so that a bad
+  // token leaves its output unwritten rather than half-computed).
+  __shared__ int bad;
+  if (threadIdx.x == 0) bad = length <= 0;
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < length && !bad; p += blockDim.x) {
+    if (SlotOf(step, cache, t, p) < 0) bad = 1;
+  }
+  __syncthreads();
+  if (bad) {
+    if (threadIdx.x == 0 && h == 0) Flag(step.error_flags, kBadKvRead);
+    return;
+  }
   for (int64_t p = warp; p < length; p += kAttentionWarps) {
-    const int64_t base = SlotOf(step, cache.block_size, t, p) * kv_width + kv_head * head_dim;
+    const int64_t base = SlotOf(step, cache, t, p) * kv_width + kv_head * head_dim;
     float dot = 0.0f;
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t d = lane + 32 * j;
@@ -264,13 +297,19 @@ __global__ void ConvertKernel(const Tin* src, int64_t n, Tout* dst) {
   }
 }
 
-__global__ void GatherRowsKernel(const uint8_t* x, int64_t row_bytes, const int32_t* rows,
-                                 int64_t count, uint8_t* out) {
+__global__ void GatherRowsKernel(const uint8_t* x, int64_t x_rows, int64_t row_bytes,
+                                 const int32_t* rows, int64_t count, uint8_t* out,
+                                 int32_t* error_flags) {
   const int64_t n = count * row_bytes;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / row_bytes, b = i % row_bytes;
-    out[i] = x[rows[r] * row_bytes + b];
+    const int32_t row = rows[r];
+    if (row < 0 || row >= x_rows) {
+      if (b == 0) Flag(error_flags, kBadGatherRow);
+      continue;
+    }
+    out[i] = x[row * row_bytes + b];
   }
 }
 
@@ -278,13 +317,14 @@ __global__ void GatherRowsKernel(const uint8_t* x, int64_t row_bytes, const int3
 
 absl::Status LaunchEmbedding(const void* table, ScalarType table_dtype, int64_t vocab,
                              const int32_t* ids, int64_t tokens, int64_t hidden, void* out,
-                             ScalarType dtype, void* stream) {
+                             ScalarType dtype, int32_t* error_flags, void* stream) {
   return DispatchFloat(table_dtype, "Embedding", [&](auto table_type) {
     using Tin = decltype(table_type);
     return DispatchFloat(dtype, "Embedding", [&](auto out_type) {
       using Tout = decltype(out_type);
       EmbeddingKernel<Tin, Tout><<<Blocks(tokens * hidden), kThreads, 0, AsCudaStream(stream)>>>(
-          static_cast<const Tin*>(table), vocab, ids, tokens, hidden, static_cast<Tout*>(out));
+          static_cast<const Tin*>(table), vocab, ids, tokens, hidden, static_cast<Tout*>(out),
+          error_flags);
       return LaunchStatus("EmbeddingKernel");
     });
   });
@@ -391,10 +431,11 @@ absl::Status LaunchConvert(const void* src, ScalarType src_dtype, int64_t n, voi
   });
 }
 
-absl::Status LaunchGatherRows(const void* x, int64_t row_bytes, const int32_t* rows, int64_t count,
-                              void* out, void* stream) {
+absl::Status LaunchGatherRows(const void* x, int64_t x_rows, int64_t row_bytes, const int32_t* rows,
+                              int64_t count, void* out, int32_t* error_flags, void* stream) {
   GatherRowsKernel<<<Blocks(count * row_bytes), kThreads, 0, AsCudaStream(stream)>>>(
-      static_cast<const uint8_t*>(x), row_bytes, rows, count, static_cast<uint8_t*>(out));
+      static_cast<const uint8_t*>(x), x_rows, row_bytes, rows, count, static_cast<uint8_t*>(out),
+      error_flags);
   return LaunchStatus("GatherRowsKernel");
 }
 

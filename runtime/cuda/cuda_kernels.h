@@ -13,12 +13,23 @@
 
 namespace kbitd::runtime::cuda {
 
-// out[t, :] = dtype(table[ids[t], :]); table of any float dtype. An id outside [0, vocab) gives a
-// row of zeros (the engine validates ids against the vocabulary before a step; a kernel cannot
-// return an error without a host synchronisation).
+// Index checks on the device. Ids, positions, sequences, blocks and rows live in device memory, so
+// checking them on the host would cost a synchronisation per op: instead a kernel that meets one
+// out of range skips it (never reading or writing out of bounds) and sets its op's bit in a device
+// flag word, which the backend reads when it synchronises and reports as INVALID_ARGUMENT naming
+// the op.
+enum ErrorFlag : int32_t {
+  kBadToken = 1,      // Embedding: a token id outside the table
+  kBadKvWrite = 2,    // WriteKv: a sequence, position or block outside the cache / tables
+  kBadKvRead = 4,     // Attention: likewise, for any position it reads
+  kBadGatherRow = 8,  // GatherRows: a row outside x
+};
+
+// out[t, :] = dtype(table[ids[t], :]); table of any float dtype. An id outside [0, vocab) leaves
+// its row unwritten and sets kBadToken.
 absl::Status LaunchEmbedding(const void* table, ScalarType table_dtype, int64_t vocab,
                              const int32_t* ids, int64_t tokens, int64_t hidden, void* out,
-                             ScalarType dtype, void* stream);
+                             ScalarType dtype, int32_t* error_flags, void* stream);
 
 // transformers LlamaRMSNorm: h = f32(x); h *= rsqrt(mean(h^2) + eps); y = dtype(w * f32(dtype(h))).
 absl::Status LaunchRmsNorm(const void* x, const float* weight, float eps, int64_t rows,
@@ -44,16 +55,20 @@ struct StepPointers {
   const int32_t* positions = nullptr;
   const int32_t* token_sequence = nullptr;
   const int32_t* block_tables = nullptr;  // [sequences, max_blocks]
+  int64_t sequences = 0;
   int64_t max_blocks = 0;
   int64_t tokens = 0;
+  int32_t* error_flags = nullptr;
 };
 
-// Writes every token's k/v row [kv_width] into its slot.
+// Writes every token's k/v row [kv_width] into its slot; a token whose slot is out of range is
+// skipped with kBadKvWrite.
 absl::Status LaunchWriteKv(const PagedKv& cache, const StepPointers& step, const void* k,
                            const void* v, ScalarType dtype, void* stream);
 
 // Causal GQA attention of each token over positions [0, position] of its sequence, softmax in
-// fp32 with 1/sqrt(head_dim) scaling; out [tokens, num_heads * head_dim] in dtype.
+// fp32 with 1/sqrt(head_dim) scaling; out [tokens, num_heads * head_dim] in dtype. A token that
+// would read a slot out of range is left unwritten with kBadKvRead.
 absl::Status LaunchPagedAttention(const PagedKv& cache, const StepPointers& step, const void* q,
                                   int64_t num_heads, void* out, ScalarType dtype, void* stream);
 
@@ -70,8 +85,9 @@ absl::Status LaunchRoundTo(float* x, int64_t n, ScalarType dtype, void* stream);
 // dst[i] = dst_dtype(src[i]) for float dtypes.
 absl::Status LaunchConvert(const void* src, ScalarType src_dtype, int64_t n, void* dst,
                            ScalarType dst_dtype, void* stream);
-// out[i, :] = x[rows[i], :], rows of `row_bytes` bytes.
-absl::Status LaunchGatherRows(const void* x, int64_t row_bytes, const int32_t* rows, int64_t count,
-                              void* out, void* stream);
+// out[i, :] = x[rows[i], :], rows of `row_bytes` bytes; a row outside [0, x_rows) is skipped with
+// kBadGatherRow.
+absl::Status LaunchGatherRows(const void* x, int64_t x_rows, int64_t row_bytes, const int32_t* rows,
+                              int64_t count, void* out, int32_t* error_flags, void* stream);
 
 }  // namespace kbitd::runtime::cuda
