@@ -398,7 +398,9 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   std::vector<std::shared_ptr<void>> memory_limits;  // the model's own max_memory per device
   std::vector<DeviceBudget> budgets;
   {
-    KBITD_ASSIGN_OR_RETURN(PlacementPlan limits, MakePlacementPlan(options.placement, false));
+    bool have_cuda = false;
+    for (const Device& device : options.devices->devices()) have_cuda |= !device.is_cpu();
+    KBITD_ASSIGN_OR_RETURN(PlacementPlan limits, MakePlacementPlan(options.placement, have_cuda));
     for (const Device& device : options.devices->devices()) {
       KBITD_ASSIGN_OR_RETURN(std::shared_ptr<MemoryPool> device_pool,
                              options.devices->Pool(device));

@@ -96,8 +96,8 @@ absl::StatusOr<PlacementPlan> MakePlacementPlan(const PlacementOptions& options,
                                                 const std::vector<DeviceBudget>& devices);
 
 // Checks `options` and records max_memory without placing anything (no entries: DeviceFor answers
-// the host). For runtime/loader until it computes ModuleSizes and calls the overload above; it
-// passes have_cuda_backend = false, so a map that names a GPU is FAILED_PRECONDITION.
+// the host). For runtime/loader before it computes ModuleSizes and calls the overload above;
+// without a CUDA device (have_cuda_backend = false) a map that names a GPU is FAILED_PRECONDITION.
 absl::StatusOr<PlacementPlan> MakePlacementPlan(const PlacementOptions& options,
                                                 bool have_cuda_backend);
 
