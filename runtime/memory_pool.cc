@@ -161,7 +161,18 @@ int64_t MemoryPool::owner_bytes_left(const std::string& owner) const {
 
 void MemoryPool::Notify(const std::string& owner, MemoryCategory category) {
   if (observer_ == nullptr) return;
-  observer_->OnMemoryChanged(device_, owner, category, owner_bytes(owner, category), used_bytes());
+  // Every change is followed by its Notify, so the last Notify to take notify_mu_ reads the totals
+  // after every change: the observer's last word is the current one. mu_ is released before the
+  // call so the observer may read the pool.
+  absl::MutexLock notify(&notify_mu_);
+  int64_t owner_total, device_total;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = by_owner_.find({owner, static_cast<int>(category)});
+    owner_total = it == by_owner_.end() ? 0 : it->second;
+    device_total = used_;
+  }
+  observer_->OnMemoryChanged(device_, owner, category, owner_total, device_total);
 }
 
 int64_t MemoryPool::used_bytes() const {

@@ -23,8 +23,10 @@ enum class MemoryCategory { kWeights = 0, kKvCache = 1, kWorkspace = 2 };
 inline constexpr int kNumMemoryCategories = 3;
 const char* MemoryCategoryName(MemoryCategory category);  // "weights", "kv_cache", "workspace"
 
-// Observer seam so the runtime never depends on the metrics library. Called with the pool's mutex
-// released, after each change, with the new totals.
+// Observer seam so the runtime never depends on the metrics library. Called after each change
+// with the totals as of the call, one call at a time per pool and in the order the totals were
+// read, so the last call for an (owner, category) carries its current bytes. Called with the
+// pool's mutex released, but it must not allocate from or free into the same pool.
 class MemoryObserver {
  public:
   virtual ~MemoryObserver() = default;
@@ -119,6 +121,9 @@ class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
   int64_t max_bytes_;
   MemoryObserver* observer_;
   std::unique_ptr<DeviceAllocator> allocator_;
+  // Serialises Notify's read of the totals with its observer call: without it, a thread that read
+  // older totals could deliver them after another thread delivered newer ones.
+  absl::Mutex notify_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   int64_t used_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t by_category_[kNumMemoryCategories] ABSL_GUARDED_BY(mu_) = {0, 0, 0};

@@ -37,8 +37,17 @@ void DeviceWorker::Wake() {
 
 void DeviceWorker::Loop() {
   uint64_t seen = 0;
+  // Raw pointers: schedulers_ alone owns the schedulers, so once Remove returns the worker holds
+  // no reference that would keep an unloaded model's engine and memory alive. Each is used only
+  // after checking, under mu_, that it is still in schedulers_, and Remove waits while it is
+  // current_.
+  auto snapshot = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<Scheduler*> raw;
+    for (const auto& s : schedulers_) raw.push_back(s.get());
+    return raw;
+  };
   while (true) {
-    std::vector<std::shared_ptr<Scheduler>> schedulers;
+    std::vector<Scheduler*> schedulers;
     {
       absl::MutexLock lock(&mu_);
       auto wake = [this, &seen]()
@@ -46,19 +55,20 @@ void DeviceWorker::Loop() {
       mu_.Await(absl::Condition(&wake));
       if (stop_) return;
       seen = wakeups_;
-      schedulers = schedulers_;
+      schedulers = snapshot();
     }
     bool busy = true;
     while (busy) {
       busy = false;
-      for (auto& scheduler : schedulers) {
+      for (Scheduler* scheduler : schedulers) {
         {
           absl::MutexLock lock(&mu_);
           if (stop_) return;
-          if (std::find(schedulers_.begin(), schedulers_.end(), scheduler) == schedulers_.end()) {
+          if (std::none_of(schedulers_.begin(), schedulers_.end(),
+                           [scheduler](const auto& s) { return s.get() == scheduler; })) {
             continue;  // removed meanwhile
           }
-          current_ = scheduler.get();
+          current_ = scheduler;
         }
         if (scheduler->HasWork()) {
           (void)scheduler->Step();  // failures are reported to the requests and logged
@@ -70,7 +80,7 @@ void DeviceWorker::Loop() {
       absl::MutexLock lock(&mu_);
       if (schedulers_.size() != schedulers.size() || wakeups_ != seen) {
         seen = wakeups_;
-        schedulers = schedulers_;
+        schedulers = snapshot();
         busy = true;
       }
     }

@@ -24,7 +24,8 @@ class DeviceWorker {
 
   // Starts stepping `scheduler` (whose Options.wakeup calls this worker's Wake).
   void Add(std::shared_ptr<Scheduler> scheduler);
-  // Stops stepping it; returns once the worker is no longer inside its Step.
+  // Stops stepping it; returns once the worker is no longer inside its Step and holds no
+  // reference to it (the caller's release can free the model).
   void Remove(const Scheduler* scheduler);
   // New work may be there.
   void Wake();

@@ -293,6 +293,9 @@ void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,
   } else {
     KBITD_LOG(Warning) << reply.status();
   }
+  // Only the registry (and requests) may hold the model once it is reported: an unload that
+  // follows the reply at once must free it, not leave it to whenever this thread ends.
+  if (served.ok()) served->reset();
   SetState(request.name(), state);
   done(std::move(reply));
 }
@@ -322,7 +325,8 @@ void ModelRegistry::Unload(const std::string& name, UnloadDone done) {
   }
   served->scheduler->StopAdmitting();
   SetState(name, v1::MODEL_STATE_UNLOADING);
-  Spawn([this, name, served, done = std::move(done)]() mutable {
+  // Moved, not copied: this thread must not hold the model while the unload reports it freed.
+  Spawn([this, name, served = std::move(served), done = std::move(done)]() mutable {
     // The model is gone but the daemon is not: a stream that outlasts the grace ends normally,
     // with FINISH_REASON_CANCELLED and its usage.
     RunUnload(name, std::move(served), options_.unload_grace, absl::OkStatus(), std::move(done));

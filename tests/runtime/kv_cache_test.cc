@@ -4,49 +4,10 @@
 #include "gtest/gtest.h"
 #include "runtime/cpu/thread_pool.h"
 #include "runtime/host_memory.h"
+#include "tests/test_util/fake_allocator.h"
 
 namespace kbitd::runtime {
 namespace {
-
-class RecordingObserver : public MemoryObserver {
- public:
-  void OnMemoryChanged(const Device&, const std::string& owner, MemoryCategory category,
-                       int64_t owner_bytes, int64_t device_bytes) override {
-    last_owner = owner;
-    last_category = category;
-    last_owner_bytes = owner_bytes;
-    last_device_bytes = device_bytes;
-  }
-  std::string last_owner;
-  MemoryCategory last_category = MemoryCategory::kWorkspace;
-  int64_t last_owner_bytes = -1, last_device_bytes = -1;
-};
-
-TEST(MemoryPoolTest, CountsPerCategoryAndOwnerAndEnforcesLimit) {
-  RecordingObserver observer;
-  MemoryPool::Options options;
-  options.max_bytes = 1000;
-  options.observer = &observer;
-  auto pool = *MemoryPool::Create(std::move(options));
-  {
-    auto a = pool->Allocate(600, MemoryCategory::kWeights, "m1");
-    ASSERT_TRUE(a.ok());
-    EXPECT_EQ(observer.last_owner, "m1");
-    EXPECT_EQ(observer.last_owner_bytes, 600);
-    auto b = pool->Allocate(500, MemoryCategory::kKvCache, "m2");
-    EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
-    EXPECT_NE(std::string(b.status().message()).find("m2"), std::string::npos);
-    auto c = pool->Allocate(300, MemoryCategory::kKvCache, "m2");
-    ASSERT_TRUE(c.ok());
-    EXPECT_EQ(pool->used_bytes(), 900);
-    EXPECT_EQ(pool->bytes(MemoryCategory::kKvCache), 300);
-    EXPECT_EQ(pool->owner_bytes("m1"), 600);
-    Buffer moved = std::move(*a);
-    EXPECT_EQ(pool->used_bytes(), 900);
-  }
-  EXPECT_EQ(pool->used_bytes(), 0);
-  EXPECT_EQ(observer.last_device_bytes, 0);
-}
 
 TEST(KvCacheTest, BlockTablesGrowAndFreeListRecycles) {
   auto pool = *MemoryPool::Create({});
@@ -215,17 +176,11 @@ TEST(KvCacheSizingTest, AvailableMemoryIsTheHostsCutToWhatMaxMemoryLeaves) {
   EXPECT_GT(budget.available_bytes, 1 << 20);
 }
 
-class NullAllocator : public DeviceAllocator {
- public:
-  absl::StatusOr<void*> Allocate(size_t) override { return nullptr; }
-  void Free(void*, size_t) override {}
-};
-
 TEST(KvCacheSizingTest, AGpuGivesWhatIsLeftOfItsBudget) {
   MemoryPool::Options options;
   options.device = Device::Cuda(0);
   options.max_bytes = 1000;
-  options.allocator = std::make_unique<NullAllocator>();
+  options.allocator = std::make_unique<kbitd::test::FakeAllocator>();
   auto pool = *MemoryPool::Create(std::move(options));
   auto limit = pool->LimitOwner("m", 600);
   Buffer weights = *pool->Allocate(100, MemoryCategory::kWeights, "m");
@@ -240,7 +195,7 @@ TEST(KvCacheSizingTest, AGpuGivesWhatIsLeftOfItsBudget) {
 TEST(KvCacheSizingTest, AGpuWithoutABudgetIsAnError) {
   MemoryPool::Options options;
   options.device = Device::Cuda(0);
-  options.allocator = std::make_unique<NullAllocator>();
+  options.allocator = std::make_unique<kbitd::test::FakeAllocator>();
   auto pool = *MemoryPool::Create(std::move(options));
   KvCacheBudget budget;
   EXPECT_EQ(SetAvailableMemory(*pool, "m", &budget).code(), absl::StatusCode::kFailedPrecondition);
