@@ -185,10 +185,12 @@ TEST(DeviceWorkerTest, DestructionWaitsForTheStepInProgressThenStops) {
   FakeBackend backend;
   HeldStep held;
   auto worker = std::make_unique<DeviceWorker>();
+  // Enqueue wakes nobody (no worker given), so the work is queued before Add wakes the worker:
+  // queued after, it could arrive when the worker had already found nothing to do and slept.
   std::shared_ptr<Scheduler> scheduler = MakeScheduler(backend, nullptr);
   held.HoldNextOp(backend);
-  worker->Add(scheduler);
   ASSERT_TRUE(scheduler->Enqueue(MakeRequest(200)).ok());
+  worker->Add(scheduler);
   held.WaitUntilInside();
   absl::Notification destroyed;
   std::thread destroyer([&] {
