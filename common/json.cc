@@ -35,6 +35,16 @@ JsonValue JsonValue::Integer(int64_t value) {
   return v;
 }
 
+int64_t JsonValue::integer_value() const {
+  if (integer_.has_value()) return *integer_;
+  // Converting a double outside int64's range is undefined behaviour, so clamp first. (Integers
+  // never get here: their double, rounded, can be 2^63, which is out of range.)
+  if (std::isnan(number_)) return 0;
+  if (number_ >= 0x1p63) return INT64_MAX;
+  if (number_ < -0x1p63) return INT64_MIN;
+  return static_cast<int64_t>(number_);
+}
+
 JsonValue JsonValue::String(std::string value) {
   JsonValue v;
   v.kind_ = Kind::kString;

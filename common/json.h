@@ -45,7 +45,9 @@ class JsonValue {
   double number_value() const { return number_; }
   // True if the number was written without fraction/exponent and fits in int64.
   bool is_integer() const { return kind_ == Kind::kNumber && integer_.has_value(); }
-  int64_t integer_value() const { return integer_.value_or(static_cast<int64_t>(number_)); }
+  // The integer; for a number that is not one, the number truncated toward zero and clamped to
+  // int64's range (NaN: 0).
+  int64_t integer_value() const;
   const std::string& string_value() const { return string_; }
   const Array& array() const { return array_; }
   Array& mutable_array() { return array_; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12, builds everything and runs all tests: ctest (unit, integration, GPU
-# tests that skip without a GPU) and the Python end-to-end tests. Usage: bash scripts/test.sh
+# tests that skip without a GPU) and the Python end-to-end tests, then the unit tests again under
+# ASan + UBSan and a bounded fuzz run, in a clang tree. Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${KBITD_SKIP_SETUP:-0} == 1 ]] || bash scripts/setup.sh
@@ -33,12 +34,26 @@ if compgen -G "tests/e2e/test_*.py" >/dev/null; then
   KBITD_BUILD_DIR="$PWD/$BUILD_DIR" "$PYTHON" -m pytest -q tests/e2e
 fi
 
-# Bounded libFuzzer run of the safetensors header parser (clang + libclang-rt-14-dev from
-# setup.sh), in its own clang build tree. KBITD_FUZZ_SECONDS sets the length (default 60);
-# KBITD_SKIP_FUZZ=1 leaves it out. A missing clang fails the CMake step rather than skipping.
-if [[ ${KBITD_SKIP_FUZZ:-0} != 1 ]]; then
-  CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR-fuzz" -DKBITD_FUZZ=ON -DKBITD_CUDA=OFF \
-    -DKBITD_FUZZ_SECONDS="${KBITD_FUZZ_SECONDS:-60}" >/dev/null
-  cmake --build "$BUILD_DIR-fuzz" -j "$JOBS" --target safetensors_fuzz
-  ctest --test-dir "$BUILD_DIR-fuzz" -L fuzz --output-on-failure
+# One clang tree, $BUILD_DIR-clang: CUDA off, all of kbitd's code built with ASan + UBSan (-O1,
+# asserts on) and clang's -Wall -Wextra -Werror. Two runs in it:
+# - the unit tests (ctest, all but the fuzz label) again under the sanitizers; the whole tree is
+#   built, so clang checks the programs and benchmarks too. KBITD_SKIP_SANITIZERS=1 leaves it out.
+# - a bounded libFuzzer run of the safetensors header parser (libclang-rt-14-dev from setup.sh).
+#   KBITD_FUZZ_SECONDS sets the length (default 60); KBITD_SKIP_FUZZ=1 leaves it out.
+# A missing clang fails the CMake step rather than skipping.
+SANITIZE=$([[ ${KBITD_SKIP_SANITIZERS:-0} == 1 ]] && echo 0 || echo 1)
+FUZZ=$([[ ${KBITD_SKIP_FUZZ:-0} == 1 ]] && echo 0 || echo 1)
+if ((SANITIZE || FUZZ)); then
+  CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR-clang" -DCMAKE_BUILD_TYPE=Debug -DKBITD_CUDA=OFF \
+    -DKBITD_SANITIZE=ON -DKBITD_FUZZ=ON -DKBITD_FUZZ_SECONDS="${KBITD_FUZZ_SECONDS:-60}" >/dev/null
+  if ((SANITIZE)); then
+    cmake --build "$BUILD_DIR-clang" -j "$JOBS"
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
+      ctest --test-dir "$BUILD_DIR-clang" -LE fuzz --output-on-failure -j "$JOBS" --timeout 600
+  else
+    cmake --build "$BUILD_DIR-clang" -j "$JOBS" --target safetensors_fuzz
+  fi
+  if ((FUZZ)); then
+    ctest --test-dir "$BUILD_DIR-clang" -L fuzz --output-on-failure
+  fi
 fi

@@ -140,7 +140,7 @@ grpc::ServerUnaryReactor* ModelService::GetModel(grpc::CallbackServerContext* co
 }
 
 grpc::ServerWriteReactor<v1::DequantizeChunk>* ModelService::Dequantize(
-    grpc::CallbackServerContext* context, const v1::DequantizeRequest* request) {
+    grpc::CallbackServerContext* /*context*/, const v1::DequantizeRequest* request) {
   absl::StatusOr<std::optional<ScalarType>> dtype = ScalarTypeOf(request->dtype());
   if (!dtype.ok()) return new FailedStream<v1::DequantizeChunk>(dtype.status());
   absl::StatusOr<std::shared_ptr<ServedModel>> model = registry_->Get(request->model());

@@ -80,8 +80,12 @@ int main(int argc, char** argv) {
     double seconds;
   };
   std::vector<Row> rows_out;
-  for (auto [dtype, data, label] : {std::tuple{ScalarType::kFloat16, f16.data(), "fp16"},
-                                    std::tuple{ScalarType::kBFloat16, bf16.data(), "bf16"}}) {
+  for (const auto& input : {std::tuple{ScalarType::kFloat16, f16.data(), "fp16"},
+                            std::tuple{ScalarType::kBFloat16, bf16.data(), "bf16"}}) {
+    // Variables, not structured bindings: clang 14 cannot capture those in the lambdas below.
+    const ScalarType dtype = std::get<0>(input);
+    const auto* data = std::get<1>(input);
+    const char* label = std::get<2>(input);
     for (FourBitType type : {FourBitType::kNf4, FourBitType::kFp4}) {
       const std::string t(FourBitTypeName(type));
       rows_out.push_back(

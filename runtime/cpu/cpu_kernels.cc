@@ -9,6 +9,23 @@ namespace {
 
 #define KBITD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
+// GCC 12's unmasked AVX-512 intrinsics pass an _mm512_undefined_*() value through as the masked-off
+// lanes, which -Wall reports as used uninitialized (GCC PR 105593, fixed in GCC 13). With an
+// all-ones mask the zero-masking forms compile to the same instructions and draw no warning.
+constexpr __mmask8 kAll8 = 0xFF;
+constexpr __mmask16 kAll16 = 0xFFFF;
+
+// The sum of v's lanes in _mm512_reduce_add_ps's order (GCC's avx512fintrin.h: upper + lower 256
+// bits, then 128, then pairs), so results are the same bits as before and under either compiler.
+KBITD_AVX512 float ReduceAdd(__m512 v) {
+  const __m512d vd = _mm512_castps_pd(v);
+  const __m256 s8 = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(kAll8, vd, 1)),
+                                  _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(kAll8, vd, 0)));
+  const __m128 s4 = _mm_add_ps(_mm256_extractf128_ps(s8, 1), _mm256_castps256_ps128(s8));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));  // {s4[0] + s4[2], s4[1] + s4[3]}
+  return _mm_cvtss_f32(s2) + _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, 1));
+}
+
 KBITD_AVX512 float DotAvx512(const float* a, const float* b, int64_t n) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t i = 0;
@@ -23,7 +40,7 @@ KBITD_AVX512 float DotAvx512(const float* a, const float* b, int64_t n) {
     __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
     acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc1);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  return ReduceAdd(_mm512_add_ps(acc0, acc1));
 }
 
 KBITD_AVX512 void AxpyAvx512(float a, const float* x, float* y, int64_t n) {
@@ -66,16 +83,20 @@ KBITD_AVX512 float Dot4bitAvx512(const uint8_t* packed, const float* scales, con
       uint64_t q0, q1;
       std::memcpy(&q0, p + j / 2, 8);
       std::memcpy(&q1, p + j / 2 + 8, 8);
-      const __m512i i0 = _mm512_srlv_epi64(_mm512_set1_epi64(static_cast<int64_t>(q0)), shifts);
-      const __m512i i1 = _mm512_srlv_epi64(_mm512_set1_epi64(static_cast<int64_t>(q1)), shifts);
-      acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, lut), _mm512_loadu_ps(x + j), acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, lut), _mm512_loadu_ps(x + j + 16), acc1);
+      const __m512i i0 =
+          _mm512_maskz_srlv_epi64(kAll8, _mm512_set1_epi64(static_cast<int64_t>(q0)), shifts);
+      const __m512i i1 =
+          _mm512_maskz_srlv_epi64(kAll8, _mm512_set1_epi64(static_cast<int64_t>(q1)), shifts);
+      acc0 = _mm512_fmadd_ps(_mm512_maskz_permutexvar_ps(kAll16, i0, lut), _mm512_loadu_ps(x + j),
+                             acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_maskz_permutexvar_ps(kAll16, i1, lut),
+                             _mm512_loadu_ps(x + j + 16), acc1);
     }
     __m512 s = _mm512_set1_ps(scales[b]);
     total0 = _mm512_fmadd_ps(acc0, s, total0);
     total1 = _mm512_fmadd_ps(acc1, s, total1);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(total0, total1));
+  return ReduceAdd(_mm512_add_ps(total0, total1));
 }
 
 float Dot4bitScalar(const uint8_t* packed, const float* scales, const float* code16,

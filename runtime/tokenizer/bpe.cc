@@ -159,7 +159,9 @@ const std::string* BpeModel::IdToToken(int32_t id) const {
 }
 
 void BpeModel::InitialSymbols(std::string_view piece, std::vector<int32_t>& symbols) const {
-  std::optional<int32_t> pending_unk;  // an unk run not yet emitted (fuse_unk)
+  // An unk run not yet emitted (fuse_unk), or -1. Not a std::optional: GCC 12 (-O2) takes its value
+  // for maybe uninitialized where it is pushed (-Wmaybe-uninitialized).
+  int32_t pending_unk = -1;
   std::string scratch;
   size_t pos = 0;
   while (pos < piece.size()) {
@@ -178,8 +180,8 @@ void BpeModel::InitialSymbols(std::string_view piece, std::vector<int32_t>& symb
       lookup = scratch;
     }
     if (auto id = TokenToId(lookup)) {
-      if (pending_unk) symbols.push_back(*pending_unk);
-      pending_unk.reset();
+      if (pending_unk >= 0) symbols.push_back(pending_unk);
+      pending_unk = -1;
       symbols.push_back(*id);
       continue;
     }
@@ -194,12 +196,12 @@ void BpeModel::InitialSymbols(std::string_view piece, std::vector<int32_t>& symb
       }
     }
     if (unk_id_) {
-      if (pending_unk && !fuse_unk_) symbols.push_back(*pending_unk);
+      if (pending_unk >= 0 && !fuse_unk_) symbols.push_back(pending_unk);
       pending_unk = *unk_id_;
     }
     // Without an unk token the character is dropped, as in tokenizers.
   }
-  if (pending_unk) symbols.push_back(*pending_unk);
+  if (pending_unk >= 0) symbols.push_back(pending_unk);
 }
 
 absl::Status BpeModel::Tokenize(std::string_view piece, std::vector<int32_t>& ids) const {

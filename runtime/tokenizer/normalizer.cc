@@ -18,7 +18,11 @@ absl::StatusOr<std::unique_ptr<Normalizer>> Normalizer::FromJson(const JsonValue
 }
 
 absl::Status Normalizer::Add(const JsonValue& json, std::string_view path) {
-  KBITD_ASSIGN_OR_RETURN(std::string type, tj::TypeOf(json, path));
+  // Not KBITD_ASSIGN_OR_RETURN: GCC 12 (-O2) then takes the string moved out of the StatusOr for
+  // maybe uninitialized in the comparisons below (-Wmaybe-uninitialized).
+  const absl::StatusOr<std::string> type_or = tj::TypeOf(json, path);
+  if (!type_or.ok()) return type_or.status();
+  const std::string& type = *type_or;
   if (type == "Sequence") {
     KBITD_ASSIGN_OR_RETURN(const JsonValue::Array* items, tj::Array(json, "normalizers", path));
     for (size_t i = 0; i < items->size(); ++i) {

@@ -25,6 +25,23 @@ TEST(JsonTest, ParsesNestedValuesInOrder) {
   EXPECT_EQ(v->Find("a")->Find("x")->string_value(), "y\xC3\xA9\xF0\x9F\x98\x80");
 }
 
+// integer_value() once converted the number's double even for an integer, and INT64_MAX's double
+// (2^63) is out of int64's range: undefined behaviour, found by UBSan.
+TEST(JsonTest, IntegerValueIsDefinedAtInt64sLimitsAndBeyond) {
+  auto v = ParseJson("[9223372036854775807, -9223372036854775808, 1e300, -1e300, -2.75]");
+  ASSERT_TRUE(v.ok()) << v.status();
+  const auto& arr = v->array();
+  EXPECT_TRUE(arr[0].is_integer());
+  EXPECT_EQ(arr[0].integer_value(), INT64_MAX);
+  EXPECT_TRUE(arr[1].is_integer());
+  EXPECT_EQ(arr[1].integer_value(), INT64_MIN);
+  EXPECT_FALSE(arr[2].is_integer());
+  EXPECT_EQ(arr[2].integer_value(), INT64_MAX);
+  EXPECT_EQ(arr[3].integer_value(), INT64_MIN);
+  EXPECT_EQ(arr[4].integer_value(), -2);
+  EXPECT_EQ(JsonValue::Number(NAN).integer_value(), 0);
+}
+
 TEST(JsonTest, RejectsMalformedInput) {
   for (const char* bad : {"", "{", "[1,]", "{\"a\":1,}", "{'a':1}", "01", "1.", "NaN", "[1] x",
                           "\"\\ud800\"", "\"a\x01\"", "{\"a\":1,\"a\":2}", "tru", "-", "1e"}) {

@@ -62,7 +62,9 @@ void CheckActivations(ScalarType dtype, const Shape& s, float threshold, bool sp
   const std::vector<uint8_t> x = testing::Encode(Activations(s.m, s.k, specials, rng), dtype);
   auto expected = quant::QuantizeActivationsInt8(x.data(), dtype, s.m, s.k, threshold);
   ASSERT_TRUE(expected.ok()) << expected.status();
-  if (threshold > 0.0f && s.k > 0) EXPECT_FALSE(expected->outlier_cols.empty());
+  if (threshold > 0.0f && s.k > 0) {
+    EXPECT_FALSE(expected->outlier_cols.empty());
+  }
 
   auto d_x = testing::ToDevice(x);
   auto d_ca = testing::PoisonedOutput(s.m * s.k);

@@ -42,7 +42,9 @@ TEST(Dynamic8bitLookupTest, EqualsBnbSearchForTheDefaultMap) {
   // Every float in [-1.25, 1.25] whose low 10 mantissa bits are a fixed pattern (~2M values).
   for (uint32_t hi = 0; hi < (1u << 22); ++hi) {
     const float x = FloatFromBits((hi << 10) | 0x2AAu);
-    if (std::fabs(x) <= 1.25f) ASSERT_EQ(lookup->Encode(x), EncodeDynamic8bit(code, x)) << x;
+    if (std::fabs(x) <= 1.25f) {
+      ASSERT_EQ(lookup->Encode(x), EncodeDynamic8bit(code, x)) << x;
+    }
   }
 }
 

@@ -93,7 +93,9 @@ TEST(GoldenBlockwiseTest, FourBitMatchesBnbCuda) {
       EXPECT_TRUE(EncodesNearby(scaled, 2, theirs, encode))
           << "element " << k << " scaled " << scaled << " kbitd " << ours << " bnb " << theirs;
     }
-    if (n % 2) EXPECT_EQ(Nibble(packed, n), Nibble(bnb_packed, n)) << "odd-n padding nibble";
+    if (n % 2) {
+      EXPECT_EQ(Nibble(packed, n), Nibble(bnb_packed, n)) << "odd-n padding nibble";
+    }
 
     // Dequantizing bnb's codes reproduces bnb's CUDA (and CPU) output bit for bit.
     const golden::Tensor deq = LoadTensor(*c, "dequant_cuda");

@@ -63,7 +63,9 @@ TEST(GoldenInt8Test, ActivationsAndOutlierColumnsMatchBnb) {
     ASSERT_TRUE(act.ok()) << act.status();
     EXPECT_EQ(act->sca, LoadTensor(*c, "sca").As<float>());
     EXPECT_EQ(act->outlier_cols, LoadTensor(*c, "outlier_cols").As<int64_t>());
-    if (threshold > 0) EXPECT_FALSE(act->outlier_cols.empty());
+    if (threshold > 0) {
+      EXPECT_FALSE(act->outlier_cols.empty());
+    }
     const std::vector<int8_t> bnb_ca = LoadTensor(*c, "ca").As<int8_t>();
     const std::vector<float> xf = x.Floats();
     for (int64_t i = 0; i < m * k; ++i) {

@@ -241,7 +241,9 @@ void ExpectEstimateMatchesLoad(const std::string& dir, std::optional<Quantizatio
   EXPECT_EQ(sizes->modules[layers + 1].bytes, 4 * hidden);
   EXPECT_EQ(sizes->modules[layers + 2].bytes, config->tie_word_embeddings ? 0 : linear(w.lm_head));
   EXPECT_EQ(sizes->total_bytes(), m.pool()->owner_bytes("m", MemoryCategory::kWeights));
-  if (expected_total >= 0) EXPECT_EQ(sizes->total_bytes(), expected_total);
+  if (expected_total >= 0) {
+    EXPECT_EQ(sizes->total_bytes(), expected_total);
+  }
 }
 
 QuantizationConfig FourBit(const std::string& type, bool double_quant) {

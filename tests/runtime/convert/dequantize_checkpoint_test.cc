@@ -112,7 +112,7 @@ TEST(DequantizeCheckpointTest, RejectsPlainAndCorruptCheckpoints) {
   {
     std::vector<TensorView> views;
     std::vector<std::vector<int64_t>> shapes;
-    for (const std::string& name : (*bnb)->TensorNames()) shapes.emplace_back();
+    shapes.resize((*bnb)->TensorNames().size());
     size_t i = 0;
     for (const std::string& name : (*bnb)->TensorNames()) {
       TensorView view = *(*bnb)->Get(name);
