@@ -60,7 +60,11 @@ class CudaBackend : public Backend {
     KBITD_RETURN_IF_ERROR(CudaStatus(
         cudaMemcpy(dynamic_map_.data(), map.data(), map.size() * sizeof(float), cudaMemcpyDefault),
         "dynamic map upload"));
-    return absl::OkStatus();
+    KBITD_ASSIGN_OR_RETURN(
+        error_flags_buffer_,
+        pool_->Allocate(sizeof(int32_t), MemoryCategory::kWorkspace, kScratchOwner));
+    error_flags_ = error_flags_buffer_.as<int32_t>();
+    return CudaStatus(cudaMemset(error_flags_, 0, sizeof(int32_t)), "error flags");
   }
 
   const Device& device() const override { return device_; }

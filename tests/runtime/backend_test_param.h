@@ -81,7 +81,9 @@ class BackendTestBase : public testing::TestWithParam<BackendTestParam> {
   }
   // Ops may still run on the device's stream: finish them before their buffers go.
   void TearDown() override {
-    if (under_test_.backend != nullptr) EXPECT_TRUE(backend().Synchronize().ok());
+    if (under_test_.backend != nullptr) {
+      EXPECT_TRUE(backend().Synchronize().ok());
+    }
   }
 
   runtime::Backend& backend() { return *under_test_.backend; }
