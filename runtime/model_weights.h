@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "common/dtype.h"
 #include "quant/quant_state.h"
 #include "runtime/memory_pool.h"
@@ -130,5 +131,14 @@ struct ModelWeights {
   LinearWeight lm_head;  // a dense view of embed_tokens when tied
   std::vector<Buffer> storage;
 };
+
+// "[3, 64] float32 on cpu" (or "undefined"), for error messages.
+std::string DescribeTensor(const Tensor& t);
+
+// The weight's layout as its format stores it, for every backend's Linear: each tensor on
+// `device` with the element count and dtype of its format (dense [out, in] float32/16/bfloat16;
+// packed nibbles and absmax, or nested codes and groups; int8 cb and scb; a float32 bias of
+// out_features). INVALID_ARGUMENT naming `op` and the tensor, UNIMPLEMENTED for 8-bit blockwise.
+absl::Status CheckLinearWeight(const std::string& op, const LinearWeight& w, const Device& device);
 
 }  // namespace kbitd::runtime

@@ -11,76 +11,9 @@ absl::Status Invalid(const char* op, const std::string& message) {
   return absl::InvalidArgumentError(absl::StrCat(op, ": ", message));
 }
 
-bool IsFloat(ScalarType dtype) {
-  return dtype == ScalarType::kFloat32 || dtype == ScalarType::kFloat16 ||
-         dtype == ScalarType::kBFloat16;
-}
-
-// One tensor of a linear weight: `count` elements of `dtype` (the format's layout).
-absl::Status CheckPart(const std::string& op, const char* what, const Tensor& t, ScalarType dtype,
-                       int64_t count) {
-  if (!t.defined() || t.dtype != dtype || t.numel() != count) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": ", what, " is ", Describe(t),
-                                                   ", expected ", count, " ",
-                                                   std::string(TorchDtypeName(dtype))));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckLinearWeight(const std::string& op, const LinearWeight& w) {
-  for (const LinearWeight::Part& part : w.parts()) {
-    if (part.tensor->defined() && !part.tensor->device.is_cpu()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(op, ": ", part.name, " is ", Describe(*part.tensor), ", not on the host"));
-    }
-  }
-  const int64_t n = w.out_features * w.in_features;
-  if (w.bias.defined()) {
-    KBITD_RETURN_IF_ERROR(CheckPart(op, "bias", w.bias, ScalarType::kFloat32, w.out_features));
-  }
-  if (w.is_dense()) {
-    const Tensor& d = w.dense;
-    if (!d.defined() || !IsFloat(d.dtype) || d.rank != 2 || d.dim(0) != w.out_features ||
-        d.dim(1) != w.in_features) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": dense weight is ", Describe(d),
-                                                     ", expected [", w.out_features, ", ",
-                                                     w.in_features, "] float32/16 or bfloat16"));
-    }
-    return absl::OkStatus();
-  }
-  switch (*w.quant_type) {
-    case quant::QuantType::kNf4:
-    case quant::QuantType::kFp4: {
-      if (w.blocksize <= 0 || (w.nested() && w.nested_blocksize <= 0)) {
-        return absl::InvalidArgumentError(absl::StrCat(op, ": blocksize ", w.blocksize,
-                                                       ", nested blocksize ", w.nested_blocksize));
-      }
-      KBITD_RETURN_IF_ERROR(CheckPart(op, "packed", w.packed, ScalarType::kUInt8, (n + 1) / 2));
-      const int64_t blocks = w.num_blocks();
-      if (!w.nested()) return CheckPart(op, "absmax", w.absmax, ScalarType::kFloat32, blocks);
-      KBITD_RETURN_IF_ERROR(
-          CheckPart(op, "absmax_codes", w.absmax_codes, ScalarType::kUInt8, blocks));
-      const int64_t groups = (blocks + w.nested_blocksize - 1) / w.nested_blocksize;
-      return CheckPart(op, "nested_absmax", w.nested_absmax, ScalarType::kFloat32, groups);
-    }
-    case quant::QuantType::kInt8Rowwise:
-      KBITD_RETURN_IF_ERROR(CheckPart(op, "cb", w.cb, ScalarType::kInt8, n));
-      return CheckPart(op, "scb", w.scb, ScalarType::kFloat32, w.out_features);
-    case quant::QuantType::kInt8Blockwise:
-      break;
-  }
-  return absl::UnimplementedError(absl::StrCat(op, ": 8-bit blockwise weights have no matmul"));
-}
-
 }  // namespace
 
-std::string Describe(const Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string shape = "[";
-  for (int i = 0; i < t.rank; ++i) absl::StrAppend(&shape, i > 0 ? ", " : "", t.dim(i));
-  return absl::StrCat(shape, "] ", std::string(TorchDtypeName(t.dtype)), " on ",
-                      t.device.ToString());
-}
+std::string Describe(const Tensor& t) { return DescribeTensor(t); }
 
 absl::Status CheckFloat32(const char* op, std::initializer_list<const Tensor*> tensors) {
   for (const Tensor* t : tensors) {
@@ -122,7 +55,7 @@ absl::Status CheckLinear(const LinearWeight& w, const Tensor& x, const Tensor& y
   const std::string op = absl::StrCat("linear ", w.name);
   KBITD_RETURN_IF_ERROR(CheckMatrix(op.c_str(), "x", x, -1, w.in_features));
   KBITD_RETURN_IF_ERROR(CheckMatrix(op.c_str(), "y", y, x.dim(0), w.out_features));
-  return CheckLinearWeight(op, w);
+  return CheckLinearWeight(op, w, Device::Cpu());
 }
 
 absl::Status CheckStep(const char* op, const StepInputs& step, int64_t tokens) {

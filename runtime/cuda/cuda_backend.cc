@@ -84,22 +84,13 @@ class CudaBackend : public Backend {
 
   absl::Status Linear(const LinearWeight& w, const Tensor& x, Tensor y) override {
     KBITD_RETURN_IF_ERROR(OnDevice("Linear", {&x, &y}));
-    if (!(w.device() == device_)) {
-      return absl::InvalidArgumentError(absl::StrCat("Linear ", w.name, ": weights on ",
-                                                     w.device().ToString(), ", the backend on ",
-                                                     device_.ToString()));
-    }
+    KBITD_RETURN_IF_ERROR(CheckLinearWeight(absl::StrCat("Linear ", w.name), w, device_));
     if (x.rank != 2 || y.rank != 2 || x.dim(1) != w.in_features || y.dim(1) != w.out_features ||
         x.dim(0) != y.dim(0) || !IsFloat(x.dtype) ||
         (y.dtype != x.dtype && y.dtype != ScalarType::kFloat32)) {
       return absl::InvalidArgumentError(absl::StrCat("Linear ", w.name, ": x ", Describe(x),
                                                      " / y ", Describe(y), " do not fit weight [",
                                                      w.out_features, ", ", w.in_features, "]"));
-    }
-    if (w.bias.defined() &&
-        (w.bias.dtype != ScalarType::kFloat32 || w.bias.numel() != w.out_features)) {
-      return absl::InvalidArgumentError(absl::StrCat("Linear ", w.name, ": bias ", Describe(w.bias),
-                                                     " is not float32 [", w.out_features, "]"));
     }
     if (x.dim(0) == 0) return absl::OkStatus();
     KBITD_RETURN_IF_ERROR(Activate());
@@ -230,6 +221,10 @@ class CudaBackend : public Backend {
     if (src.dtype != dst.dtype || src.numel() != dst.numel()) {
       return absl::InvalidArgumentError(
           absl::StrCat("CopyTo: ", Describe(src), " into ", Describe(dst)));
+    }
+    if (src.numel() > 0 && (!src.defined() || !dst.defined())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("CopyTo: ", Describe(src), " into ", Describe(dst), ": no data"));
     }
     if (src.bytes() == 0) return absl::OkStatus();
     KBITD_RETURN_IF_ERROR(Activate());
