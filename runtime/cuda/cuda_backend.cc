@@ -193,8 +193,9 @@ class CudaBackend : public Backend {
     }
     // Activations in the compute dtype are already rounded to it.
     if (x.dtype == dtype || dtype == ScalarType::kFloat32) return absl::OkStatus();
-    if (x.dtype != ScalarType::kFloat32) return Mismatch("RoundTo", {&x});
-    return LaunchRoundTo(x.as<float>(), x.numel(), dtype, stream_);
+    if (!IsFloat(x.dtype)) return Mismatch("RoundTo", {&x});
+    if (x.numel() == 0) return absl::OkStatus();
+    return LaunchRoundTo(x.data, x.dtype, x.numel(), dtype, stream_);
   }
 
   absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor out) override {

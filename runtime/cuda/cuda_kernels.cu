@@ -281,11 +281,11 @@ __global__ void AddBiasKernel(T* y, const float* bias, int64_t rows, int64_t col
   }
 }
 
-template <typename T>
-__global__ void RoundToKernel(float* x, int64_t n) {
+template <typename T, typename Through>
+__global__ void RoundToKernel(T* x, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    x[i] = Round<T>(x[i]);
+    x[i] = FromFloat<T>(Round<Through>(ToFloat(x[i])));
   }
 }
 
@@ -409,12 +409,15 @@ absl::Status LaunchAddBias(void* y, const float* bias, int64_t rows, int64_t col
   });
 }
 
-absl::Status LaunchRoundTo(float* x, int64_t n, ScalarType dtype, void* stream) {
-  if (dtype == ScalarType::kFloat32) return absl::OkStatus();
-  return DispatchFloat(dtype, "RoundTo", [&](auto type) {
-    using T = decltype(type);
-    RoundToKernel<T><<<Blocks(n), kThreads, 0, AsCudaStream(stream)>>>(x, n);
-    return LaunchStatus("RoundToKernel");
+absl::Status LaunchRoundTo(void* x, ScalarType x_dtype, int64_t n, ScalarType dtype, void* stream) {
+  return DispatchFloat(x_dtype, "RoundTo", [&](auto x_type) {
+    using T = decltype(x_type);
+    return DispatchFloat(dtype, "RoundTo", [&](auto through_type) {
+      using Through = decltype(through_type);
+      RoundToKernel<T, Through>
+          <<<Blocks(n), kThreads, 0, AsCudaStream(stream)>>>(static_cast<T*>(x), n);
+      return LaunchStatus("RoundToKernel");
+    });
   });
 }
 

@@ -80,8 +80,8 @@ absl::Status LaunchAdd(void* x, const void* y, int64_t n, ScalarType dtype, void
 // y[r, c] = y_dtype(y[r, c] + bias[c]) (bias float32).
 absl::Status LaunchAddBias(void* y, const float* bias, int64_t rows, int64_t cols,
                            ScalarType y_dtype, void* stream);
-// In-place float32 -> dtype -> float32 rounding (compute-dtype emulation of a float32 tensor).
-absl::Status LaunchRoundTo(float* x, int64_t n, ScalarType dtype, void* stream);
+// In place: x (of x_dtype) rounded to `dtype` and back (compute-dtype emulation).
+absl::Status LaunchRoundTo(void* x, ScalarType x_dtype, int64_t n, ScalarType dtype, void* stream);
 // dst[i] = dst_dtype(src[i]) for float dtypes.
 absl::Status LaunchConvert(const void* src, ScalarType src_dtype, int64_t n, void* dst,
                            ScalarType dst_dtype, void* stream);

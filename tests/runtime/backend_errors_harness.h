@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "quant/codebooks.h"
 #include "runtime/backend.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model_weights.h"
@@ -141,6 +142,8 @@ TEST_P(BackendErrorsTest, Linear) {
   };
   auto four_bit = [&](bool nested) {
     Args a = base(quant::QuantType::kNf4);
+    a.w.code = quant::Nf4Code();  // a weight as the loader makes it: bnb's code books
+    a.w.nested_code = quant::DynamicMap();
     a.w.blocksize = 32;
     a.w.packed = Bytes(ScalarType::kUInt8, n / 2);
     if (nested) {

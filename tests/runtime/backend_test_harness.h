@@ -379,7 +379,8 @@ TEST_P(BackendOpsTest, PrefetchLeavesALayerReadyToUse) {
 TEST_P(BackendOpsTest, WriteKvAndAttentionFollowTheBlockTables) {
   const int64_t heads = 4, kv_heads = 2, head_dim = 16, block_size = 4, num_blocks = 16;
   const int64_t layer = 1, width = kv_heads * head_dim, max_blocks = 4;
-  const float sentinel = 1e4f;
+  // Stored in the cache's dtype, so compared as that dtype holds it.
+  const float sentinel = RoundedTo({1e4f}, kv_dtype())[0];
   runtime::KvCache::Options options{.num_layers = 2,
                                     .num_kv_heads = kv_heads,
                                     .head_dim = head_dim,
