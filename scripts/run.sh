@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up a fresh Debian 12, build kbitd (with the CUDA quantization kernels when nvcc
-# is found; inference runs on the CPU backend) and serve the bundled model (models/default) twice,
-# from the same folder: as "default" unquantized, and as "default-nf4" quantized to NF4 on load,
+# The main job: set up a fresh Debian 12, build kbitd (with the CUDA backend when nvcc is found; the
+# models then load onto the GPU if the machine has one, else they run on the CPU backend) and serve
+# the bundled model (models/default) twice, from the same folder: as "default" unquantized, and as
+# "default-nf4" quantized to NF4 on load,
 # on 0.0.0.0:50051 with /metrics on :9400. Once both are ready it prints the kbitctl commands that
 # show the memory NF4 saves and generate from each model; Ctrl-C (or SIGTERM) drains and stops.
 # Extra arguments are kbitd flags, e.g. `bash scripts/run.sh --set limits.max_queue=64`.
