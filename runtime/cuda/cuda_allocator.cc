@@ -106,28 +106,10 @@ class CudaArenaAllocator : public DeviceAllocator {
   std::vector<Chunk> chunks_ ABSL_GUARDED_BY(mu_);
 };
 
-class PinnedHostAllocator : public DeviceAllocator {
- public:
-  absl::StatusOr<void*> Allocate(size_t bytes) override {
-    void* ptr = nullptr;
-    cudaError_t error = cudaMallocHost(&ptr, bytes);
-    if (error != cudaSuccess) {
-      cudaGetLastError();
-      return quant::cuda::CudaStatus(error, absl::StrCat("pinning ", bytes, " host bytes"));
-    }
-    return ptr;
-  }
-  void Free(void* ptr, size_t) override { cudaFreeHost(ptr); }
-};
-
 }  // namespace
 
 std::unique_ptr<DeviceAllocator> NewCudaArenaAllocator(int device_index, int64_t chunk_bytes) {
   return std::make_unique<CudaArenaAllocator>(device_index, chunk_bytes);
-}
-
-std::unique_ptr<DeviceAllocator> NewPinnedHostAllocator() {
-  return std::make_unique<PinnedHostAllocator>();
 }
 
 }  // namespace kbitd::runtime::cuda

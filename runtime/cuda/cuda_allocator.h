@@ -4,7 +4,6 @@
 // (what vectorised loads and cuBLASLt want), neighbours merged on free. Chunks are kept until the
 // allocator is destroyed, so a model unloaded and loaded again reuses them; the pool's byte
 // accounting (max_memory, per-model bytes) is exact regardless. Memory is not zeroed.
-// Also the pinned host allocator used for staging copies.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +16,5 @@ namespace kbitd::runtime::cuda {
 
 // Sub-allocates device `device_index`'s memory from chunks of at least `chunk_bytes`.
 std::unique_ptr<DeviceAllocator> NewCudaArenaAllocator(int device_index, int64_t chunk_bytes);
-
-// Page-locked host memory (cudaMallocHost): what asynchronous copies to and from a GPU need.
-std::unique_ptr<DeviceAllocator> NewPinnedHostAllocator();
 
 }  // namespace kbitd::runtime::cuda
