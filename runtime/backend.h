@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "quant/blockwise_4bit.h"
 #include "runtime/device.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model_weights.h"
@@ -84,6 +85,20 @@ class Backend {
   virtual absl::Status RoundTo(Tensor x, ScalarType dtype) = 0;
   // out[i, :] = x[rows[i], :].
   virtual absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor out) = 0;
+
+  // Quantize-on-load, byte-identical on every backend to quant/'s CPU reference (bitsandbytes'
+  // formats), so a weight is quantized where it will live. `dense` is a float weight (float32,
+  // float16 or bfloat16) of n elements; every tensor is on this device.
+  // packed: uint8 [ceil(n / 2)]; absmax: float32 [ceil(n / blocksize)].
+  virtual absl::Status Quantize4bit(quant::FourBitType type, const Tensor& dense, int64_t blocksize,
+                                    Tensor packed, Tensor absmax) = 0;
+  // bitsandbytes' double quantization of 4-bit absmax (the dynamic map, 256 blocks a group):
+  // codes uint8 [blocks], nested_absmax float32 [ceil(blocks / 256)], offset float32 [1].
+  virtual absl::Status DoubleQuantize(const Tensor& absmax, Tensor codes, Tensor nested_absmax,
+                                      Tensor offset) = 0;
+  // LLM.int8 row-wise weight quantization of dense [rows, cols]: cb int8 [rows, cols], scb float32
+  // [rows].
+  virtual absl::Status QuantizeRowwiseInt8(const Tensor& dense, Tensor cb, Tensor scb) = 0;
 
   // Copies src into dst (same dtype and element count). Each is on the host or on this device; a
   // backend that can reach another device directly (CUDA peer access) may also take that device.

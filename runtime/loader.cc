@@ -175,21 +175,42 @@ absl::Status PlaceFourBitScales(LoadContext& ctx, const std::vector<float>& absm
   return absl::OkStatus();
 }
 
+// Quantize-on-load on the module's device (Backend::Quantize4bit and friends, byte-identical to
+// quant/'s CPU reference everywhere): on the host straight from the mapped checkpoint; on a GPU
+// from one staging copy of the dense tensor, so the device never holds more than one unquantized
+// tensor and only the quantized bytes stay.
 absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeight* w) {
   const QuantizationConfig& q = *ctx.quantize;
-  const int64_t n = w->out_features * w->in_features;
+  const int64_t out = w->out_features, in = w->in_features, n = out * in;
+  Backend& backend = *ctx.backend;
   std::vector<uint8_t> aligned;
-  const void* data = AlignedFloatData(view, &aligned);
+  Buffer staging;
+  Tensor dense;
+  if (ctx.pool->device().is_cpu()) {
+    dense = Tensor::Host(AlignedFloatData(view, &aligned), view.dtype, {out, in});
+  } else {
+    KBITD_ASSIGN_OR_RETURN(staging, ctx.pool->Allocate(view.data.size(), MemoryCategory::kWorkspace,
+                                                       ctx.options.name));
+    dense = staging.View(view.dtype, {out, in});
+    KBITD_RETURN_IF_ERROR(
+        backend.CopyTo(Tensor::Host(view.data.data(), view.dtype, {out, in}), dense));
+  }
+  auto allocate = [&](ScalarType dtype, std::initializer_list<int64_t> dims,
+                      MemoryCategory category) -> absl::StatusOr<Buffer> {
+    int64_t count = 1;
+    for (int64_t d : dims) count *= d;
+    return ctx.pool->Allocate(count * ScalarTypeSize(dtype), category, ctx.options.name);
+  };
   if (q.load_in_8bit) {
-    std::vector<int8_t> host_cb(n);
-    std::vector<float> host_scb(w->out_features);
-    KBITD_RETURN_IF_ERROR(quant::QuantizeRowwiseInt8(
-        data, view.dtype, w->out_features, w->in_features, host_cb.data(), host_scb.data()));
-    KBITD_ASSIGN_OR_RETURN(Buffer cb, CopyVector(ctx, host_cb));
-    KBITD_ASSIGN_OR_RETURN(Buffer scb, CopyVector(ctx, host_scb));
+    KBITD_ASSIGN_OR_RETURN(Buffer cb,
+                           allocate(ScalarType::kInt8, {out, in}, MemoryCategory::kWeights));
+    KBITD_ASSIGN_OR_RETURN(Buffer scb,
+                           allocate(ScalarType::kFloat32, {out}, MemoryCategory::kWeights));
+    w->cb = cb.View(ScalarType::kInt8, {out, in});
+    w->scb = scb.View(ScalarType::kFloat32, {out});
+    KBITD_RETURN_IF_ERROR(backend.QuantizeRowwiseInt8(dense, w->cb, w->scb));
+    KBITD_RETURN_IF_ERROR(backend.Synchronize());  // before the staging copy goes
     w->quant_type = quant::QuantType::kInt8Rowwise;
-    w->cb = cb.View(ScalarType::kInt8, {w->out_features, w->in_features});
-    w->scb = scb.View(ScalarType::kFloat32, {w->out_features});
     w->threshold = q.llm_int8_threshold;
     w->storage.push_back(std::move(cb));
     w->storage.push_back(std::move(scb));
@@ -198,23 +219,49 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   KBITD_ASSIGN_OR_RETURN(quant::FourBitType type,
                          quant::FourBitTypeFromName(q.bnb_4bit_quant_type));
   const int64_t blocks = quant::NumBlocks(n, q.blocksize);
-  std::vector<uint8_t> host_packed(quant::Packed4bitBytes(n));
-  std::vector<float> absmax(blocks);
-  KBITD_RETURN_IF_ERROR(quant::Quantize4bit(type, data, view.dtype, n, q.blocksize,
-                                            host_packed.data(), absmax.data()));
-  KBITD_ASSIGN_OR_RETURN(Buffer packed, CopyVector(ctx, host_packed));
+  const int64_t packed_bytes = quant::Packed4bitBytes(n);
+  const bool nested = q.bnb_4bit_use_double_quant;
+  KBITD_ASSIGN_OR_RETURN(Buffer packed,
+                         allocate(ScalarType::kUInt8, {packed_bytes}, MemoryCategory::kWeights));
+  // Double quant keeps only the 8-bit codes of the absmax: the fp32 absmax is scratch then.
+  KBITD_ASSIGN_OR_RETURN(Buffer absmax,
+                         allocate(ScalarType::kFloat32, {blocks},
+                                  nested ? MemoryCategory::kWorkspace : MemoryCategory::kWeights));
+  w->packed = packed.View(ScalarType::kUInt8, {packed_bytes});
+  const Tensor absmax_view = absmax.View(ScalarType::kFloat32, {blocks});
+  KBITD_RETURN_IF_ERROR(backend.Quantize4bit(type, dense, q.blocksize, w->packed, absmax_view));
+  if (nested) {
+    const int64_t groups = quant::NumBlocks(blocks, quant::kNestedBlocksize);
+    KBITD_ASSIGN_OR_RETURN(Buffer codes,
+                           allocate(ScalarType::kUInt8, {blocks}, MemoryCategory::kWeights));
+    KBITD_ASSIGN_OR_RETURN(Buffer nested_absmax,
+                           allocate(ScalarType::kFloat32, {groups}, MemoryCategory::kWeights));
+    KBITD_ASSIGN_OR_RETURN(Buffer offset,
+                           allocate(ScalarType::kFloat32, {1}, MemoryCategory::kWorkspace));
+    w->absmax_codes = codes.View(ScalarType::kUInt8, {blocks});
+    w->nested_absmax = nested_absmax.View(ScalarType::kFloat32, {groups});
+    KBITD_RETURN_IF_ERROR(backend.DoubleQuantize(absmax_view, w->absmax_codes, w->nested_absmax,
+                                                 offset.View(ScalarType::kFloat32, {1})));
+    KBITD_RETURN_IF_ERROR(
+        backend.CopyTo(offset.View(ScalarType::kFloat32, {1}),
+                       Tensor::Host(&w->nested_offset, ScalarType::kFloat32, {1})));
+    const auto& map = quant::DynamicMap();
+    std::copy(map.begin(), map.end(), w->nested_code.begin());
+    w->nested_blocksize = quant::kNestedBlocksize;
+    w->storage.push_back(std::move(codes));
+    w->storage.push_back(std::move(nested_absmax));
+  } else {
+    w->absmax = absmax_view;
+  }
+  KBITD_RETURN_IF_ERROR(backend.Synchronize());  // the offset is on the host; staging may go
+  if (!nested) w->storage.push_back(std::move(absmax));
   const bool nf4 = type == quant::FourBitType::kNf4;
   w->quant_type = nf4 ? quant::QuantType::kNf4 : quant::QuantType::kFp4;
   const auto& code = nf4 ? quant::Nf4Code() : quant::Fp4Code();
   std::copy(code.begin(), code.end(), w->code.begin());
   w->blocksize = q.blocksize;
-  w->packed = packed.View(ScalarType::kUInt8, {quant::Packed4bitBytes(n)});
   w->storage.push_back(std::move(packed));
-  std::optional<quant::NestedAbsmax> nested;
-  if (q.bnb_4bit_use_double_quant) {
-    KBITD_ASSIGN_OR_RETURN(nested, quant::DoubleQuantizeAbsmax(absmax.data(), blocks));
-  }
-  return PlaceFourBitScales(ctx, absmax, nested, w);
+  return absl::OkStatus();
 }
 
 // A Linear4bit / Linear8bitLt module saved by transformers + bitsandbytes or kbitq (bnb-spec §5.2,

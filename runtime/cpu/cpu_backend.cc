@@ -9,9 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "quant/blockwise_4bit.h"
+#include "quant/double_quant.h"
 #include "quant/int8_rowwise.h"
 #include "runtime/cpu/cpu_checks.h"
 #include "runtime/cpu/cpu_kernels.h"
+#include "runtime/quantize_op_checks.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -387,6 +390,30 @@ absl::Status CpuBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor 
     std::memcpy(out.row(i), x.row(r[i]), x.dim(1) * sizeof(float));
   }
   return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Quantize4bit(quant::FourBitType type, const Tensor& dense,
+                                      int64_t blocksize, Tensor packed, Tensor absmax) {
+  KBITD_RETURN_IF_ERROR(CheckQuantize4bitArgs(device_, dense, blocksize, packed, absmax));
+  return quant::Quantize4bit(type, dense.data, dense.dtype, dense.numel(), blocksize,
+                             packed.as<uint8_t>(), absmax.as<float>());
+}
+
+absl::Status CpuBackend::DoubleQuantize(const Tensor& absmax, Tensor codes, Tensor nested_absmax,
+                                        Tensor offset) {
+  KBITD_RETURN_IF_ERROR(CheckDoubleQuantizeArgs(device_, absmax, codes, nested_absmax, offset));
+  KBITD_ASSIGN_OR_RETURN(quant::NestedAbsmax nested,
+                         quant::DoubleQuantizeAbsmax(absmax.as<const float>(), absmax.numel()));
+  std::copy(nested.codes.begin(), nested.codes.end(), codes.as<uint8_t>());
+  std::copy(nested.nested_absmax.begin(), nested.nested_absmax.end(), nested_absmax.as<float>());
+  *offset.as<float>() = nested.offset;
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::QuantizeRowwiseInt8(const Tensor& dense, Tensor cb, Tensor scb) {
+  KBITD_RETURN_IF_ERROR(CheckRowwiseInt8Args(device_, dense, cb, scb));
+  return quant::QuantizeRowwiseInt8(dense.data, dense.dtype, dense.dim(0), dense.dim(1),
+                                    cb.as<int8_t>(), scb.as<float>());
 }
 
 absl::Status CpuBackend::CopyTo(const Tensor& src, Tensor dst) {

@@ -32,6 +32,11 @@ class CpuBackend : public Backend {
   absl::Status Add(Tensor x, const Tensor& y) override;
   absl::Status RoundTo(Tensor x, ScalarType dtype) override;
   absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor out) override;
+  absl::Status Quantize4bit(quant::FourBitType type, const Tensor& dense, int64_t blocksize,
+                            Tensor packed, Tensor absmax) override;
+  absl::Status DoubleQuantize(const Tensor& absmax, Tensor codes, Tensor nested_absmax,
+                              Tensor offset) override;
+  absl::Status QuantizeRowwiseInt8(const Tensor& dense, Tensor cb, Tensor scb) override;
   absl::Status CopyTo(const Tensor& src, Tensor dst) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
   absl::Status Prefetch(const LayerWeights&) override { return absl::OkStatus(); }

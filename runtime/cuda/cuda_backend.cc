@@ -12,8 +12,10 @@
 #include "quant/cuda/cuda_check.h"
 #include "quant/cuda/double_quant.h"
 #include "quant/cuda/int8_matmul.h"
+#include "quant/cuda/int8_rowwise.h"
 #include "runtime/cuda/cublaslt.h"
 #include "runtime/cuda/cuda_kernels.h"
+#include "runtime/quantize_op_checks.h"
 
 namespace kbitd::runtime::cuda {
 namespace {
@@ -209,6 +211,30 @@ class CudaBackend : public Backend {
     return LaunchGatherRows(x.data, x.dim(0),
                             x.dim(1) * static_cast<int64_t>(ScalarTypeSize(x.dtype)),
                             rows.as<const int32_t>(), out.dim(0), out.data, error_flags_, stream_);
+  }
+
+  absl::Status Quantize4bit(quant::FourBitType type, const Tensor& dense, int64_t blocksize,
+                            Tensor packed, Tensor absmax) override {
+    KBITD_RETURN_IF_ERROR(CheckQuantize4bitArgs(device_, dense, blocksize, packed, absmax));
+    KBITD_RETURN_IF_ERROR(Activate());
+    return quant::cuda::Quantize4bit(type, dense.data, dense.dtype, dense.numel(), blocksize,
+                                     packed.as<uint8_t>(), absmax.as<float>(), stream_);
+  }
+
+  absl::Status DoubleQuantize(const Tensor& absmax, Tensor codes, Tensor nested_absmax,
+                              Tensor offset) override {
+    KBITD_RETURN_IF_ERROR(CheckDoubleQuantizeArgs(device_, absmax, codes, nested_absmax, offset));
+    KBITD_RETURN_IF_ERROR(Activate());
+    return quant::cuda::DoubleQuantizeAbsmax(
+        absmax.as<const float>(), absmax.numel(), dynamic_map_.as<const float>(),
+        codes.as<uint8_t>(), nested_absmax.as<float>(), offset.as<float>(), stream_);
+  }
+
+  absl::Status QuantizeRowwiseInt8(const Tensor& dense, Tensor cb, Tensor scb) override {
+    KBITD_RETURN_IF_ERROR(CheckRowwiseInt8Args(device_, dense, cb, scb));
+    KBITD_RETURN_IF_ERROR(Activate());
+    return quant::cuda::QuantizeRowwiseInt8(dense.data, dense.dtype, dense.dim(0), dense.dim(1),
+                                            cb.as<int8_t>(), scb.as<float>(), stream_);
   }
 
   absl::Status CopyTo(const Tensor& src, Tensor dst) override {

@@ -206,6 +206,65 @@ TEST_P(BackendOpsTest, FourBitLinearMatchesReference) {
 
 // LLM.int8 without outliers, with outlier columns decomposed, and with decomposition disabled
 // (threshold 0) although large values are present.
+// Quantize-on-load gives the bytes of quant/'s CPU reference (itself checked against
+// bitsandbytes' goldens) on every backend, for each input dtype; blocks that straddle rows and an
+// odd element count included.
+TEST_P(BackendOpsTest, QuantizeOnLoadGivesTheReferenceBytes) {
+  const int64_t rows = 37, cols = 129, n = rows * cols, blocksize = 64;
+  const int64_t blocks = quant::NumBlocks(n, blocksize);
+  const int64_t groups = quant::NumBlocks(blocks, quant::kNestedBlocksize);
+  std::vector<float> values = NormalFloats(n, 77, 0.5f);
+  values[5] = 40.0f;  // an outlier, so blocks differ in scale
+  for (ScalarType dtype : {ScalarType::kFloat32, ScalarType::kBFloat16, ScalarType::kFloat16}) {
+    SCOPED_TRACE(TorchDtypeName(dtype));
+    const std::vector<uint8_t> host = EncodeFloats(values, dtype);
+    const runtime::Tensor dense = tensors().Upload(host.data(), dtype, {rows, cols});
+    for (quant::FourBitType type : {quant::FourBitType::kNf4, quant::FourBitType::kFp4}) {
+      std::vector<uint8_t> want_packed(quant::Packed4bitBytes(n));
+      std::vector<float> want_absmax(blocks);
+      ASSERT_TRUE(quant::Quantize4bit(type, host.data(), dtype, n, blocksize, want_packed.data(),
+                                      want_absmax.data())
+                      .ok());
+      runtime::Tensor packed = tensors().Empty(ScalarType::kUInt8, {quant::Packed4bitBytes(n)});
+      runtime::Tensor absmax = tensors().Empty(ScalarType::kFloat32, {blocks});
+      ASSERT_TRUE(backend().Quantize4bit(type, dense, blocksize, packed, absmax).ok());
+      EXPECT_EQ(tensors().DownloadBytes(packed), want_packed);
+      EXPECT_EQ(tensors().DownloadFloats(absmax), want_absmax);
+
+      absl::StatusOr<quant::NestedAbsmax> want_nested =
+          quant::DoubleQuantizeAbsmax(want_absmax.data(), blocks);
+      ASSERT_TRUE(want_nested.ok());
+      runtime::Tensor codes = tensors().Empty(ScalarType::kUInt8, {blocks});
+      runtime::Tensor nested_absmax = tensors().Empty(ScalarType::kFloat32, {groups});
+      runtime::Tensor offset = tensors().Empty(ScalarType::kFloat32, {1});
+      ASSERT_TRUE(backend().DoubleQuantize(absmax, codes, nested_absmax, offset).ok());
+      EXPECT_EQ(tensors().DownloadBytes(codes), want_nested->codes);
+      EXPECT_EQ(tensors().DownloadFloats(nested_absmax), want_nested->nested_absmax);
+      EXPECT_EQ(tensors().DownloadFloats(offset), std::vector<float>{want_nested->offset});
+    }
+    std::vector<int8_t> want_cb(n);
+    std::vector<float> want_scb(rows);
+    ASSERT_TRUE(
+        quant::QuantizeRowwiseInt8(host.data(), dtype, rows, cols, want_cb.data(), want_scb.data())
+            .ok());
+    runtime::Tensor cb = tensors().Empty(ScalarType::kInt8, {rows, cols});
+    runtime::Tensor scb = tensors().Empty(ScalarType::kFloat32, {rows});
+    ASSERT_TRUE(backend().QuantizeRowwiseInt8(dense, cb, scb).ok());
+    const std::vector<uint8_t> got_cb = tensors().DownloadBytes(cb);
+    EXPECT_EQ(std::vector<int8_t>(got_cb.begin(), got_cb.end()), want_cb);
+    EXPECT_EQ(tensors().DownloadFloats(scb), want_scb);
+  }
+  // Shapes that do not fit are refused, naming the op.
+  const runtime::Tensor dense = tensors().Floats(values, ScalarType::kFloat32, {rows, cols});
+  runtime::Tensor short_packed =
+      tensors().Empty(ScalarType::kUInt8, {quant::Packed4bitBytes(n) - 1});
+  runtime::Tensor absmax = tensors().Empty(ScalarType::kFloat32, {blocks});
+  const absl::Status refused =
+      backend().Quantize4bit(quant::FourBitType::kNf4, dense, blocksize, short_packed, absmax);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_NE(refused.message().find("Quantize4bit"), std::string::npos) << refused;
+}
+
 TEST_P(BackendOpsTest, Int8LinearMatchesReference) {
   const int64_t out = 12, in = 64;
   struct Case {

@@ -70,6 +70,18 @@ class FakeBackend : public runtime::Backend {
                           runtime::Tensor) override {
     return Call("GatherRows");
   }
+  absl::Status Quantize4bit(quant::FourBitType, const runtime::Tensor&, int64_t, runtime::Tensor,
+                            runtime::Tensor) override {
+    return Call("Quantize4bit");
+  }
+  absl::Status DoubleQuantize(const runtime::Tensor&, runtime::Tensor, runtime::Tensor,
+                              runtime::Tensor) override {
+    return Call("DoubleQuantize");
+  }
+  absl::Status QuantizeRowwiseInt8(const runtime::Tensor&, runtime::Tensor,
+                                   runtime::Tensor) override {
+    return Call("QuantizeRowwiseInt8");
+  }
   absl::Status CopyTo(const runtime::Tensor&, runtime::Tensor) override { return Call("CopyTo"); }
   absl::Status Synchronize() override { return Call("Synchronize"); }
   absl::Status Prefetch(const runtime::LayerWeights&) override { return Call("Prefetch"); }
