@@ -100,8 +100,12 @@ TEST(DeviceWorkerTest, ModelsSharingTheWorkerTakeTurns) {
   // between two of them, with no timing involved.
   int long_steps = 0;
   int long_steps_when_short_done = -1;
+  // The long model's first step waits until both models are added: 200 fake steps take a few
+  // milliseconds, which a preempted test thread could otherwise let pass before adding the short one.
+  absl::Notification both_added;
   long_backend.SetHook([&](const std::string& op) {
     if (op != "Synchronize") return;  // the end of one step
+    if (long_steps == 0) both_added.WaitForNotification();
     ++long_steps;
     if (long_steps_when_short_done < 0 && short_model->InFlight() == 0) {
       long_steps_when_short_done = long_steps;
@@ -111,6 +115,7 @@ TEST(DeviceWorkerTest, ModelsSharingTheWorkerTakeTurns) {
   ASSERT_TRUE(short_model->Enqueue(MakeRequest(2)).ok());
   worker.Add(long_model);
   worker.Add(short_model);
+  both_added.Notify();
   ASSERT_TRUE(short_model->WaitIdle(kPatience));
   ASSERT_TRUE(long_model->WaitIdle(kPatience));
   worker.Remove(long_model.get());
