@@ -101,7 +101,8 @@ TEST(DeviceWorkerTest, ModelsSharingTheWorkerTakeTurns) {
   int long_steps = 0;
   int long_steps_when_short_done = -1;
   // The long model's first step waits until both models are added: 200 fake steps take a few
-  // milliseconds, which a preempted test thread could otherwise let pass before adding the short one.
+  // milliseconds, which a preempted test thread could otherwise let pass before adding the short
+  // one.
   absl::Notification both_added;
   long_backend.SetHook([&](const std::string& op) {
     if (op != "Synchronize") return;  // the end of one step
