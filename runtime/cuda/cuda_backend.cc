@@ -2,7 +2,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <initializer_list>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -15,6 +17,7 @@
 #include "quant/cuda/int8_rowwise.h"
 #include "runtime/cuda/cublaslt.h"
 #include "runtime/cuda/cuda_kernels.h"
+#include "runtime/cuda/four_bit_linear.h"
 #include "runtime/quantize_op_checks.h"
 
 namespace kbitd::runtime::cuda {
@@ -98,6 +101,12 @@ class CudaBackend : public Backend {
     KBITD_RETURN_IF_ERROR(Activate());
     if (!w.is_dense() && *w.quant_type == quant::QuantType::kInt8Rowwise) {
       return Int8Linear(w, x, y);
+    }
+    if (std::optional<FourBitLinearWeight> fused = FusedFourBit(w, x, y)) {
+      KBITD_RETURN_IF_ERROR(
+          LaunchFourBitLinear(*fused, x.data, x.dim(0), x.dtype, y.data, y.dtype, stream_));
+      if (!w.bias.defined()) return absl::OkStatus();
+      return LaunchAddBias(y.data, w.bias.as<const float>(), y.dim(0), y.dim(1), y.dtype, stream_);
     }
     KBITD_ASSIGN_OR_RETURN(const void* weight, WeightIn(w, x.dtype));
     KBITD_RETURN_IF_ERROR(gemm_->Run({.x = x.data,
@@ -358,6 +367,37 @@ class CudaBackend : public Backend {
                              pool_->Allocate(bytes, MemoryCategory::kWorkspace, kScratchOwner));
     }
     return scratch_.as<char>();
+  }
+
+  // The weight as the fused small-batch kernel's input, when it takes this problem: 4-bit
+  // bitsandbytes weights (plain or double-quantized absmax) with 16-bit activations and few rows.
+  // Everything else (fp32 activations, prefill batches) dequantizes into scratch for cuBLASLt.
+  std::optional<FourBitLinearWeight> FusedFourBit(const LinearWeight& w, const Tensor& x,
+                                                  const Tensor& y) const {
+    if (!w.is_four_bit()) return std::nullopt;
+    FourBitLinearWeight fused{.packed = w.packed.as<const uint8_t>(),
+                              .n = w.out_features,
+                              .k = w.in_features,
+                              .blocksize = w.blocksize,
+                              .code = w.code};
+    if (w.nested()) {
+      if (w.nested_blocksize != 256 ||
+          !std::equal(w.nested_code.begin(), w.nested_code.end(), quant::DynamicMap().begin())) {
+        return std::nullopt;
+      }
+      fused.absmax_codes = w.absmax_codes.as<const uint8_t>();
+      fused.nested_absmax = w.nested_absmax.as<const float>();
+      fused.nested_code = dynamic_map_.as<const float>();
+      fused.nested_offset = w.nested_offset;
+    } else {
+      fused.absmax = w.absmax.as<const float>();
+    }
+    if (!FourBitLinearFits(x.dim(0), fused, x.dtype, y.dtype) ||
+        reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
+        reinterpret_cast<uintptr_t>(fused.packed) % 8 != 0) {
+      return std::nullopt;
+    }
+    return fused;
   }
 
   // The weight as a dense [out, in] matrix in `dtype` (the activations'): the stored tensor when
