@@ -85,6 +85,10 @@ class Backend {
   virtual absl::Status RoundTo(Tensor x, ScalarType dtype) = 0;
   // out[i, :] = x[rows[i], :].
   virtual absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor out) = 0;
+  // Greedy sampling where the logits are: for each row of logits float32 [rows, vocab], tokens
+  // int32 [rows] and logprobs float32 [rows] get runtime/sampler.h PickGreedy's answer, so a
+  // greedy step moves 8 bytes a row to the host instead of the vocabulary's logits.
+  virtual absl::Status GreedySample(const Tensor& logits, Tensor tokens, Tensor logprobs) = 0;
 
   // Quantize-on-load, byte-identical on every backend to quant/'s CPU reference (bitsandbytes'
   // formats), so a weight is quantized where it will live. `dense` is a float weight (float32,

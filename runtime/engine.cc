@@ -28,7 +28,7 @@ struct Engine::Impl {
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<LlamaForward> forward;
   std::unordered_map<uint64_t, Sequence> sequences;
-  std::vector<float> logits;
+  ForwardOutput output;
   uint64_t steps = 0;  // forwards run, for kernel timing sampling
 };
 
@@ -205,23 +205,43 @@ absl::StatusOr<std::vector<SampledToken>> Engine::Step(const std::vector<Sequenc
       sampled_ids.push_back(item.sequence_id);
     }
   }
+  // Plain greedy sequences need only the argmax and its logprob, which the device computes.
+  batch.greedy = !impl_->options.keep_last_logits && !sampled_ids.empty();
+  for (uint64_t id : sampled_ids) {
+    const SamplingParams& p = impl_->sequences.at(id).params;
+    batch.greedy = batch.greedy && p.temperature == 0.0f && p.repetition_penalty == 1.0f &&
+                   p.top_logprobs == 0;
+  }
   // Only sampled steps get the observer; the others run untimed.
   KernelObserver* observer = impl_->steps++ % impl_->options.kernel_timing_interval == 0
                                  ? impl_->options.kernel_observer
                                  : nullptr;
-  KBITD_RETURN_IF_ERROR(impl_->forward->Run(batch, *impl_->cache, &impl_->logits, observer));
+  KBITD_RETURN_IF_ERROR(impl_->forward->Run(batch, *impl_->cache, &impl_->output, observer));
   for (const SequenceWork& item : work) {
     impl_->sequences.at(item.sequence_id).processed += item.num_tokens;
   }
   const int64_t vocab = impl_->model->config().vocab_size;
   std::vector<SampledToken> out;
   out.reserve(sampled_ids.size());
-  ScopedKernelTimer sampling_timer(sampled_ids.empty() ? nullptr : observer, KernelKind::kSampling);
+  ScopedKernelTimer sampling_timer(sampled_ids.empty() || batch.greedy ? nullptr : observer,
+                                   KernelKind::kSampling);  // a greedy batch timed its kernel
   for (size_t i = 0; i < sampled_ids.size(); ++i) {
     Impl::Sequence& seq = impl_->sequences.at(sampled_ids[i]);
-    seq.last_logits.assign(impl_->logits.begin() + i * vocab,
-                           impl_->logits.begin() + (i + 1) * vocab);
-    std::vector<float> logits = seq.last_logits;
+    if (batch.greedy) {
+      seq.last_logits.clear();
+      seq.sampled++;
+      seq.tokens.push_back(impl_->output.tokens[i]);
+      out.push_back(
+          SampledToken{sampled_ids[i], impl_->output.tokens[i], impl_->output.logprobs[i], {}});
+      continue;
+    }
+    const auto row = impl_->output.logits.begin() + i * vocab;
+    std::vector<float> logits(row, row + vocab);
+    if (impl_->options.keep_last_logits) {
+      seq.last_logits = logits;
+    } else {
+      seq.last_logits.clear();
+    }
     SampleResult r = SampleToken(logits, seq.params, seq.tokens, seq.sampled++);
     seq.tokens.push_back(r.token);
     out.push_back(SampledToken{sampled_ids[i], r.token, r.logprob, std::move(r.top)});

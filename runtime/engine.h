@@ -48,6 +48,10 @@ class Engine {
     // second still fill the histograms; 1 times every step.
     KernelObserver* kernel_observer = nullptr;
     int32_t kernel_timing_interval = 16;
+    // Keep each sampled row's raw logits for LastLogits (tests, golden comparisons). Off, a step
+    // whose sequences are all plain greedy (temperature 0, no repetition penalty, no top
+    // logprobs) samples on the device and copies 8 bytes a row instead of the vocabulary.
+    bool keep_last_logits = false;
   };
   // RESOURCE_EXHAUSTED (naming the device, bytes needed and available) when the KV cache does not
   // fit; INVALID_ARGUMENT for bad options or kv_cache_bytes below one max_context sequence.
@@ -86,7 +90,8 @@ class Engine {
   absl::StatusOr<std::vector<SampledToken>> Step(const std::vector<SequenceWork>& work);
 
   // Raw logits of the last Step for `id` (float32 [vocab], before sampling transforms); empty if
-  // it was not sampled in the last step. For tests and the golden comparisons.
+  // it was not sampled in the last step or Options.keep_last_logits is off. For tests and the
+  // golden comparisons.
   const std::vector<float>& LastLogits(uint64_t id) const;
 
  private:

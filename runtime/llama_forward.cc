@@ -44,6 +44,7 @@ struct LlamaForward::Layout {
   int64_t hidden, normed, q, k, v, attn, o, gate, up, act, down, gathered;
   // Step inputs (int32) and logits (float32).
   int64_t token_ids, positions, token_sequence, block_tables, logit_rows, logits;
+  int64_t greedy_tokens, greedy_logprobs;  // int32 / float32 [rows]
   int64_t total = 0;
 
   Layout(const ModelConfig& c, ScalarType activation, int64_t t, int64_t s, int64_t b, int64_t r)
@@ -73,6 +74,8 @@ struct LlamaForward::Layout {
     block_tables = take(s * b * 4);
     logit_rows = take(r * 4);
     logits = take(r * c.vocab_size * 4);
+    greedy_tokens = take(r * 4);
+    greedy_logprobs = take(r * 4);
   }
   bool Holds(int64_t t, int64_t s, int64_t b, int64_t r) const {
     return t <= tokens && s <= sequences && b <= max_blocks && r <= rows;
@@ -131,8 +134,8 @@ absl::Status LlamaForward::Linear(const LinearWeight& weight, const Tensor& x, T
   return backend_.Linear(weight, x, y);
 }
 
-absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
-                               std::vector<float>* logits, KernelObserver* observer) {
+absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache, ForwardOutput* result,
+                               KernelObserver* observer) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = model_.weights();
   const int64_t t = static_cast<int64_t>(batch.tokens.size());
@@ -230,7 +233,9 @@ absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
     KBITD_RETURN_IF_ERROR(Linear(layer.down_proj, act, down, observer));
     KBITD_RETURN_IF_ERROR(backend_.Add(hidden, down));
   }
-  logits->clear();
+  result->logits.clear();
+  result->tokens.clear();
+  result->logprobs.clear();
   if (r == 0) return backend_.Synchronize();
   Tensor gathered = at(l.gathered, ad, {r, c.hidden_size});
   Tensor gathered_normed = at(l.normed, ad, {r, c.hidden_size});
@@ -239,9 +244,24 @@ absl::Status LlamaForward::Run(const ForwardBatch& batch, KvCache& cache,
   KBITD_RETURN_IF_ERROR(norm(gathered, w.final_norm, gathered_normed));
   KBITD_RETURN_IF_ERROR(backend_.RoundTo(gathered_normed, cd));
   KBITD_RETURN_IF_ERROR(Linear(w.lm_head, gathered_normed, out, observer));
-  logits->resize(r * c.vocab_size);
-  KBITD_RETURN_IF_ERROR(
-      backend_.CopyTo(out, Tensor::Make(logits->data(), ScalarType::kFloat32, {r, c.vocab_size})));
+  if (batch.greedy) {
+    Tensor tokens = at(l.greedy_tokens, ScalarType::kInt32, {r});
+    Tensor logprobs = at(l.greedy_logprobs, ScalarType::kFloat32, {r});
+    {
+      ScopedKernelTimer timer(observer, KernelKind::kSampling);
+      KBITD_RETURN_IF_ERROR(backend_.GreedySample(out, tokens, logprobs));
+    }
+    result->tokens.resize(r);
+    result->logprobs.resize(r);
+    KBITD_RETURN_IF_ERROR(
+        backend_.CopyTo(tokens, Tensor::Make(result->tokens.data(), ScalarType::kInt32, {r})));
+    KBITD_RETURN_IF_ERROR(backend_.CopyTo(
+        logprobs, Tensor::Make(result->logprobs.data(), ScalarType::kFloat32, {r})));
+    return backend_.Synchronize();
+  }
+  result->logits.resize(r * c.vocab_size);
+  KBITD_RETURN_IF_ERROR(backend_.CopyTo(
+      out, Tensor::Make(result->logits.data(), ScalarType::kFloat32, {r, c.vocab_size})));
   return backend_.Synchronize();
 }
 

@@ -25,9 +25,19 @@ struct ForwardBatch {
   std::vector<int32_t> block_tables;    // [S * max_blocks] each sequence's KV block table, padded
   int64_t max_blocks = 0;               // columns of block_tables
   std::vector<int32_t> logit_rows;      // rows of the batch whose logits are returned
+  // Sample every logit row greedily on the device (Backend::GreedySample) and return only its
+  // token and logprob: a decode step then moves 8 bytes a row to the host, not the vocabulary.
+  bool greedy = false;
   int64_t num_sequences() const {
     return max_blocks > 0 ? static_cast<int64_t>(block_tables.size()) / max_blocks : 0;
   }
+};
+
+// What a step returns, row by row of ForwardBatch::logit_rows.
+struct ForwardOutput {
+  std::vector<float> logits;    // float32 [rows, vocab]; empty for a greedy batch
+  std::vector<int32_t> tokens;  // greedy batch: the chosen token of each row
+  std::vector<float> logprobs;  // greedy batch: its log-softmax
 };
 
 // RoPE inverse frequencies (head_dim / 2 entries) with rope_scaling applied (transformers
@@ -44,10 +54,11 @@ class LlamaForward {
   static absl::StatusOr<std::unique_ptr<LlamaForward>> Create(const Model& model, Backend& backend);
   ~LlamaForward();
 
-  // Writes K/V of every token into `cache` and returns float32 logits
-  // [logit_rows.size(), vocab] in `logits` (copied to the host: the step's one sync point). With
-  // an `observer` (a sampled step) every backend call is timed and reported to it.
-  absl::Status Run(const ForwardBatch& batch, KvCache& cache, std::vector<float>* logits,
+  // Writes K/V of every token into `cache` and returns float32 logits [logit_rows.size(), vocab]
+  // in `out->logits`, or for a greedy batch each row's token and logprob (copied to the host:
+  // the step's one sync point). With an `observer` (a sampled step) every backend call is timed
+  // and reported to it.
+  absl::Status Run(const ForwardBatch& batch, KvCache& cache, ForwardOutput* out,
                    KernelObserver* observer = nullptr);
 
  private:

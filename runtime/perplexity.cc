@@ -69,7 +69,7 @@ absl::StatusOr<NllSum> ScoreTokens(const Model& model, Backend& backend,
 
   NllSum result;
   const int64_t total = static_cast<int64_t>(ids.size()) - 1;
-  std::vector<float> logits;
+  ForwardOutput output;
   for (int64_t start = 0; start < total; start += options.window) {
     const int64_t n = std::min<int64_t>(options.window, total - start);
     cache->Free(kSequence);  // every window starts from an empty context
@@ -85,10 +85,10 @@ absl::StatusOr<NllSum> ScoreTokens(const Model& model, Backend& backend,
       batch.token_sequence.push_back(0);
       batch.logit_rows.push_back(static_cast<int32_t>(i));
     }
-    KBITD_RETURN_IF_ERROR(forward->Run(batch, *cache, &logits));
+    KBITD_RETURN_IF_ERROR(forward->Run(batch, *cache, &output));
     for (int64_t i = 0; i < n; ++i) {
-      result.nll +=
-          NegativeLogLikelihood(logits.data() + i * c.vocab_size, c.vocab_size, ids[start + i + 1]);
+      result.nll += NegativeLogLikelihood(output.logits.data() + i * c.vocab_size, c.vocab_size,
+                                          ids[start + i + 1]);
     }
     result.tokens += n;
     if (options.progress && !options.progress(result.tokens, total)) {

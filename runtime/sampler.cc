@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <unordered_set>
 
@@ -34,11 +35,20 @@ void LogSoftmax(const std::vector<float>& logits, std::vector<float>* out) {
   for (size_t i = 0; i < logits.size(); ++i) (*out)[i] = logits[i] - log_sum;
 }
 
-int32_t ArgMax(const std::vector<float>& v) {
-  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
-}
-
 }  // namespace
+
+GreedyChoice PickGreedy(const float* logits, int64_t vocab) {
+  int64_t best = -1;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (logits[i] == logits[i] && (best < 0 || logits[i] > logits[best])) best = i;
+  }
+  if (best < 0) return {0, std::numeric_limits<float>::quiet_NaN()};
+  const float max_v = logits[best];
+  double sum = 0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - max_v));
+  const float log_sum = static_cast<float>(std::log(sum)) + max_v;
+  return {static_cast<int32_t>(best), logits[best] - log_sum};
+}
 
 double PhiloxUniform(uint64_t seed, uint64_t counter) {
   uint32_t ctr[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0, 0};
@@ -60,6 +70,10 @@ SampleResult SampleToken(std::vector<float>& logits, const SamplingParams& param
     }
   }
   const bool greedy = params.temperature == 0.0f;
+  if (greedy && params.top_logprobs == 0) {
+    const GreedyChoice choice = PickGreedy(logits.data(), vocab);
+    return SampleResult{.token = choice.token, .logprob = choice.logprob};
+  }
   if (!greedy && params.temperature != 1.0f) {
     for (float& v : logits) v /= params.temperature;
   }
@@ -68,7 +82,7 @@ SampleResult SampleToken(std::vector<float>& logits, const SamplingParams& param
 
   SampleResult result;
   if (greedy) {
-    result.token = ArgMax(logits);
+    result.token = PickGreedy(logits.data(), vocab).token;
   } else {
     // Candidates sorted by probability (stable on token id for ties), then filtered.
     std::vector<int32_t> order(vocab);

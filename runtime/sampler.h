@@ -22,6 +22,15 @@ struct SampleResult {
   std::vector<TokenLogprob> top;  // params.top_logprobs best of that distribution, best first
 };
 
+// Greedy choice over one row of `vocab` logits: the first index of the largest value (NaN never
+// wins; an all-NaN row gives 0) and its log-softmax, logit − (f32(log Σ exp(f64(v − max))) + max).
+// SampleToken's greedy path and every backend's GreedySample compute exactly this.
+struct GreedyChoice {
+  int32_t token = 0;
+  float logprob = 0;
+};
+GreedyChoice PickGreedy(const float* logits, int64_t vocab);
+
 // `history` is every token of the sequence so far (prompt and sampled) for the repetition
 // penalty; `step` the index of the token being sampled (the RNG counter). `logits` is modified.
 SampleResult SampleToken(std::vector<float>& logits, const SamplingParams& params,

@@ -15,6 +15,7 @@
 #include "runtime/cpu/cpu_checks.h"
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/quantize_op_checks.h"
+#include "runtime/sampler.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -388,6 +389,22 @@ absl::Status CpuBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor 
           absl::StrCat("GatherRows: row ", r[i], " outside [0, ", x.dim(0), ")"));
     }
     std::memcpy(out.row(i), x.row(r[i]), x.dim(1) * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::GreedySample(const Tensor& logits, Tensor tokens, Tensor logprobs) {
+  KBITD_RETURN_IF_ERROR(CheckMatrix("GreedySample", "logits", logits, -1, -1));
+  KBITD_RETURN_IF_ERROR(CheckInt32("GreedySample", tokens, logits.dim(0)));
+  if (!logprobs.device.is_cpu() || logprobs.dtype != ScalarType::kFloat32 ||
+      logprobs.numel() != logits.dim(0) || (logprobs.numel() > 0 && !logprobs.defined())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GreedySample: logprobs must be float32 [", logits.dim(0), "] on the host"));
+  }
+  for (int64_t r = 0; r < logits.dim(0); ++r) {
+    const GreedyChoice choice = PickGreedy(logits.row(r), logits.dim(1));
+    tokens.as<int32_t>()[r] = choice.token;
+    logprobs.as<float>()[r] = choice.logprob;
   }
   return absl::OkStatus();
 }

@@ -32,6 +32,7 @@ class CpuBackend : public Backend {
   absl::Status Add(Tensor x, const Tensor& y) override;
   absl::Status RoundTo(Tensor x, ScalarType dtype) override;
   absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor out) override;
+  absl::Status GreedySample(const Tensor& logits, Tensor tokens, Tensor logprobs) override;
   absl::Status Quantize4bit(quant::FourBitType type, const Tensor& dense, int64_t blocksize,
                             Tensor packed, Tensor absmax) override;
   absl::Status DoubleQuantize(const Tensor& absmax, Tensor codes, Tensor nested_absmax,

@@ -222,6 +222,18 @@ class CudaBackend : public Backend {
                             rows.as<const int32_t>(), out.dim(0), out.data, error_flags_, stream_);
   }
 
+  absl::Status GreedySample(const Tensor& logits, Tensor tokens, Tensor logprobs) override {
+    KBITD_RETURN_IF_ERROR(OnDevice("GreedySample", {&logits, &tokens, &logprobs}));
+    if (logits.rank != 2 || logits.dtype != ScalarType::kFloat32 ||
+        tokens.dtype != ScalarType::kInt32 || tokens.numel() != logits.dim(0) ||
+        logprobs.dtype != ScalarType::kFloat32 || logprobs.numel() != logits.dim(0) ||
+        (logits.dim(0) > 0 && logits.dim(1) == 0)) {
+      return Mismatch("GreedySample", {&logits, &tokens, &logprobs});
+    }
+    return LaunchGreedySample(logits.as<const float>(), logits.dim(0), logits.dim(1),
+                              tokens.as<int32_t>(), logprobs.as<float>(), stream_);
+  }
+
   absl::Status Quantize4bit(quant::FourBitType type, const Tensor& dense, int64_t blocksize,
                             Tensor packed, Tensor absmax) override {
     KBITD_RETURN_IF_ERROR(CheckQuantize4bitArgs(device_, dense, blocksize, packed, absmax));

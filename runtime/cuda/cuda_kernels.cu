@@ -313,7 +313,87 @@ __global__ void GatherRowsKernel(const uint8_t* x, int64_t x_rows, int64_t row_b
   }
 }
 
+// Warp-wide arg-max: the larger value wins; on a tie (or both absent, index < 0) the lower index.
+__device__ __forceinline__ void WarpArgMax(float& value, int64_t& index) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float v = __shfl_down_sync(0xFFFFFFFFu, value, offset);
+    const int64_t i = __shfl_down_sync(0xFFFFFFFFu, index, offset);
+    const bool other_wins = i >= 0 && (index < 0 || v > value || (v == value && i < index));
+    if (other_wins) {
+      value = v;
+      index = i;
+    }
+  }
+}
+
+// One block per row: a pass for the first arg-max (NaN skipped), a pass for the fp64 sum of exp.
+__global__ void GreedySampleKernel(const float* logits, int64_t vocab, int32_t* tokens,
+                                   float* logprobs) {
+  constexpr int kThreads = 1024;
+  __shared__ float best_value[kThreads / 32];
+  __shared__ int64_t best_index[kThreads / 32];
+  __shared__ double partial[kThreads / 32];
+  const float* row = logits + blockIdx.x * vocab;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float value = -INFINITY;
+  int64_t index = -1;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const float v = row[i];
+    if (v == v && (index < 0 || v > value)) {  // strided: each thread sees increasing i
+      value = v;
+      index = i;
+    }
+  }
+  WarpArgMax(value, index);
+  if (lane == 0) {
+    best_value[warp] = value;
+    best_index[warp] = index;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    value = best_value[lane];
+    index = best_index[lane];
+    WarpArgMax(value, index);
+    if (lane == 0) {
+      best_value[0] = value;
+      best_index[0] = index;
+    }
+  }
+  __syncthreads();
+  const int64_t chosen = best_index[0];
+  if (chosen < 0) {
+    if (threadIdx.x == 0) {
+      tokens[blockIdx.x] = 0;
+      logprobs[blockIdx.x] = NAN;
+    }
+    return;
+  }
+  const float max_v = best_value[0];
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    sum += exp(static_cast<double>(__fsub_rn(row[i], max_v)));
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_down_sync(0xFFFFFFFFu, sum, offset);
+  if (lane == 0) partial[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0;
+    for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+    const float log_sum = __fadd_rn(static_cast<float>(log(total)), max_v);
+    tokens[blockIdx.x] = static_cast<int32_t>(chosen);
+    logprobs[blockIdx.x] = __fsub_rn(max_v, log_sum);
+  }
+}
+
 }  // namespace
+
+absl::Status LaunchGreedySample(const float* logits, int64_t rows, int64_t vocab, int32_t* tokens,
+                                float* logprobs, void* stream) {
+  if (rows == 0) return absl::OkStatus();
+  GreedySampleKernel<<<static_cast<unsigned>(rows), 1024, 0, AsCudaStream(stream)>>>(
+      logits, vocab, tokens, logprobs);
+  return LaunchStatus("GreedySample");
+}
 
 absl::Status LaunchEmbedding(const void* table, ScalarType table_dtype, int64_t vocab,
                              const int32_t* ids, int64_t tokens, int64_t hidden, void* out,

@@ -90,4 +90,11 @@ absl::Status LaunchConvert(const void* src, ScalarType src_dtype, int64_t n, voi
 absl::Status LaunchGatherRows(const void* x, int64_t x_rows, int64_t row_bytes, const int32_t* rows,
                               int64_t count, void* out, int32_t* error_flags, void* stream);
 
+// Per row of logits [rows, vocab] (float32): tokens[r] = the first index of the largest non-NaN
+// logit (0 if none), logprobs[r] = its log-softmax, logit − (f32(log Σ exp(f64(v − max))) + max),
+// as runtime/sampler.h PickGreedy computes it (the fp64 sum may differ in its last bits from the
+// host's by summation order).
+absl::Status LaunchGreedySample(const float* logits, int64_t rows, int64_t vocab, int32_t* tokens,
+                                float* logprobs, void* stream);
+
 }  // namespace kbitd::runtime::cuda

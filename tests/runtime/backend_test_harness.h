@@ -13,8 +13,10 @@
 // backend refuses one).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -29,6 +31,7 @@
 #include "runtime/backend.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model_weights.h"
+#include "runtime/sampler.h"
 #include "tests/runtime/backend_reference.h"
 #include "tests/runtime/backend_test_param.h"
 
@@ -409,6 +412,46 @@ TEST_P(BackendOpsTest, GatherRowsCopiesTheListedRows) {
   std::vector<float> want;
   for (int32_t r : picked) want.insert(want.end(), x.begin() + r * n, x.begin() + (r + 1) * n);
   EXPECT_EQ(tensors().DownloadFloats(out), want);
+}
+
+TEST_P(BackendOpsTest, GreedySampleGivesPickGreedysTokenAndLogprob) {
+  // A vocabulary larger than one CUDA block's stride, a tie (the lower index wins), a NaN that
+  // must not win (its row's logprob is NaN), and an all-NaN row (token 0).
+  const int64_t vocab = 3001;
+  std::vector<float> logits = NormalFloats(4 * vocab, 23);
+  logits[0 * vocab + 2500] = 9.f;
+  logits[1 * vocab + 17] = 7.f;
+  logits[1 * vocab + 2999] = 7.f;
+  logits[2 * vocab + 5] = std::numeric_limits<float>::quiet_NaN();
+  logits[2 * vocab + 6] = 5.f;
+  for (int64_t i = 0; i < vocab; ++i)
+    logits[3 * vocab + i] = std::numeric_limits<float>::quiet_NaN();
+  runtime::Tensor tokens = tensors().Empty(ScalarType::kInt32, {4});
+  runtime::Tensor logprobs = tensors().Empty(ScalarType::kFloat32, {4});
+  ASSERT_TRUE(backend()
+                  .GreedySample(tensors().Floats(logits, ScalarType::kFloat32, {4, vocab}), tokens,
+                                logprobs)
+                  .ok());
+  const std::vector<uint8_t> token_bytes = tensors().DownloadBytes(tokens);
+  const std::vector<float> got_logprobs = tensors().DownloadFloats(logprobs);
+  const std::vector<int32_t> want_tokens = {2500, 17, 6, 0};
+  for (int r = 0; r < 4; ++r) {
+    int32_t token = 0;
+    std::memcpy(&token, token_bytes.data() + 4 * r, 4);
+    const runtime::GreedyChoice want = runtime::PickGreedy(logits.data() + r * vocab, vocab);
+    EXPECT_EQ(want.token, want_tokens[r]) << "row " << r;
+    EXPECT_EQ(token, want.token) << "row " << r;
+    if (r >= 2) {  // a NaN logit makes the softmax NaN, as torch's log_softmax does
+      EXPECT_TRUE(std::isnan(got_logprobs[r])) << "row " << r;
+    } else {
+      EXPECT_NEAR(got_logprobs[r], want.logprob, 1e-6f) << "row " << r;
+      EXPECT_LT(got_logprobs[r], 0.f);
+    }
+  }
+  EXPECT_FALSE(backend()
+                   .GreedySample(tensors().Floats(logits, ScalarType::kFloat32, {4, vocab}),
+                                 tensors().Empty(ScalarType::kInt32, {3}), logprobs)
+                   .ok());
 }
 
 TEST_P(BackendOpsTest, PrefetchLeavesALayerReadyToUse) {

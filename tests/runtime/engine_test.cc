@@ -119,6 +119,40 @@ TEST(EngineTest, SameSeedSameTokensDifferentSeedDiffers) {
   EXPECT_NE(a, c);
 }
 
+// Plain greedy sequences are sampled by the backend (8 bytes a row back); with their logits kept,
+// by the host sampler. Both give the same tokens and logprobs, batched with a sampled sequence
+// (which keeps the whole step on the host path) or alone.
+TEST(EngineTest, GreedyOnTheBackendMatchesTheHostSampler) {
+  auto model = LoadNf4();
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  std::vector<std::vector<SampledToken>> runs;
+  for (bool keep_logits : {false, true}) {
+    Engine::Options options;
+    options.kv_cache_tokens = 1024;
+    options.kv_block_size = 4;
+    options.keep_last_logits = keep_logits;
+    auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    ASSERT_TRUE((*engine)->AddSequence(1, Prompt(5, 1), greedy).ok());
+    ASSERT_TRUE((*engine)->AddSequence(2, Prompt(7, 2), greedy).ok());
+    std::vector<SampledToken> tokens;
+    for (int i = 0; i < 6; ++i) {
+      auto step = (*engine)->Step({{1, i == 0 ? 5 : 1}, {2, i == 0 ? 7 : 1}});
+      ASSERT_TRUE(step.ok()) << step.status();
+      tokens.insert(tokens.end(), step->begin(), step->end());
+      EXPECT_EQ((*engine)->LastLogits(1).empty(), !keep_logits);
+    }
+    runs.push_back(tokens);
+  }
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  for (size_t i = 0; i < runs[0].size(); ++i) {
+    EXPECT_EQ(runs[0][i].sequence_id, runs[1][i].sequence_id);
+    EXPECT_EQ(runs[0][i].token, runs[1][i].token) << "token " << i;
+    EXPECT_EQ(runs[0][i].logprob, runs[1][i].logprob) << "token " << i;  // same host code
+  }
+}
+
 TEST(EngineTest, KvBlocksAreReservedAndFreed) {
   auto model = LoadNf4();
   auto engine = MakeEngine(model, /*kv_tokens=*/16);  // 4 blocks of 4

@@ -48,14 +48,14 @@ class LlamaForwardTest : public ::testing::Test {
     backend_.ClearOps();  // Create's upload of the RoPE constants is not the step's
   }
 
-  absl::Status Run() { return forward_->Run(batch_, *cache_, &logits_); }
+  absl::Status Run() { return forward_->Run(batch_, *cache_, &output_); }
 
   FakeBackend backend_;
   std::shared_ptr<Model> model_;
   std::unique_ptr<LlamaForward> forward_;
   std::unique_ptr<KvCache> cache_;
   ForwardBatch batch_;
-  std::vector<float> logits_;
+  ForwardOutput output_;
 };
 
 TEST_F(LlamaForwardTest, IssuesTheOpsOfEveryLayerThenTheHead) {
@@ -71,7 +71,24 @@ TEST_F(LlamaForwardTest, IssuesTheOpsOfEveryLayerThenTheHead) {
   EXPECT_EQ(CountOf(ops, "Prefetch"), layers);
   EXPECT_EQ(CountOf(ops, "Linear"), 7 * layers + 1);  // q k v o gate up down, then lm_head
   EXPECT_EQ(CountOf(ops, "Attention"), layers);
-  EXPECT_EQ(logits_.size(), static_cast<size_t>(model_->config().vocab_size));
+  EXPECT_EQ(output_.logits.size(), static_cast<size_t>(model_->config().vocab_size));
+}
+
+TEST_F(LlamaForwardTest, AGreedyBatchSamplesOnTheDeviceAndCopiesTokensNotLogits) {
+  batch_.greedy = true;
+  ASSERT_TRUE(Run().ok());
+  const std::vector<std::string> ops = backend_.ops();
+  EXPECT_THAT(std::vector<std::string>(ops.end() - 4, ops.end()),
+              ElementsAre("GreedySample", "CopyTo", "CopyTo", "Synchronize"));
+  EXPECT_TRUE(output_.logits.empty());
+  EXPECT_EQ(output_.tokens.size(), 1u);
+  EXPECT_EQ(output_.logprobs.size(), 1u);
+
+  const absl::Status fault = absl::InternalError("GreedySample: device fault");
+  backend_.Fail("GreedySample", fault);
+  backend_.ClearOps();
+  EXPECT_EQ(Run(), fault);
+  EXPECT_EQ(backend_.ops().back(), "GreedySample");
 }
 
 class LlamaForwardOpFailureTest : public LlamaForwardTest,

@@ -18,6 +18,7 @@ const std::string kModels = std::string(KBITD_TEST_DATA_DIR) + "/models";
 
 std::vector<float> Logits(std::shared_ptr<Model> model, const std::vector<int32_t>& prompt) {
   Engine::Options options;
+  options.keep_last_logits = true;  // LastLogits is read below
   options.kv_cache_tokens = 256;
   auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();

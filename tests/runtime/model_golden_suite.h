@@ -68,6 +68,7 @@ std::shared_ptr<Model> Load(const std::string& dir, std::optional<QuantizationCo
 
 std::unique_ptr<Engine> MakeEngine(std::shared_ptr<Model> model) {
   Engine::Options options;
+  options.keep_last_logits = true;  // LastLogits is read below
   options.kv_cache_tokens = 512;
   auto engine = Engine::Create(model, *GetGoldenTarget().backend, options);
   EXPECT_TRUE(engine.ok()) << engine.status();

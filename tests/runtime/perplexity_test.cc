@@ -70,6 +70,7 @@ TEST(PerplexityTest, WindowsRestartTheContext) {
   ids.resize(23);  // 22 predicted tokens: windows of 8, 8 and 6
   constexpr int32_t kWindow = 8;
   Engine::Options engine_options;
+  engine_options.keep_last_logits = true;  // LastLogits is read below
   engine_options.kv_cache_tokens = 64;
   auto engine = Engine::Create(model, kbitd::test::HostBackend(), engine_options);
   ASSERT_TRUE(engine.ok()) << engine.status();

@@ -70,6 +70,9 @@ class FakeBackend : public runtime::Backend {
                           runtime::Tensor) override {
     return Call("GatherRows");
   }
+  absl::Status GreedySample(const runtime::Tensor&, runtime::Tensor, runtime::Tensor) override {
+    return Call("GreedySample");
+  }
   absl::Status Quantize4bit(quant::FourBitType, const runtime::Tensor&, int64_t, runtime::Tensor,
                             runtime::Tensor) override {
     return Call("Quantize4bit");

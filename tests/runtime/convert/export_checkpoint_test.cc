@@ -49,6 +49,7 @@ std::shared_ptr<Model> Load(const std::string& path) {
 std::pair<std::vector<float>, std::vector<int32_t>> RunGreedy(std::shared_ptr<Model> model,
                                                               int steps) {
   Engine::Options options;
+  options.keep_last_logits = true;  // LastLogits is read below
   options.kv_cache_tokens = 256;
   auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();

@@ -71,6 +71,7 @@ TEST_F(CudaBackendTest, ABfloat16ModelOnTheGpuAgreesWithTheCpuEmulation) {
   ASSERT_NE(cpu_model, nullptr);
   EXPECT_EQ(gpu_model->device(), Device::Cuda(0));
   Engine::Options options;
+  options.keep_last_logits = true;  // LastLogits is read below
   options.kv_cache_tokens = 256;
   auto gpu = Engine::Create(gpu_model, **devices_->BackendFor(Device::Cuda(0)), options);
   auto cpu = Engine::Create(cpu_model, kbitd::test::HostBackend(), options);
@@ -109,6 +110,7 @@ TEST_F(CudaBackendTest, UnloadingReturnsEveryByteToTheGpuPool) {
     ASSERT_NE(model, nullptr);
     EXPECT_GT(pool->owner_bytes("llama-cuda:0", MemoryCategory::kWeights), 0);
     Engine::Options options;
+    options.keep_last_logits = true;  // LastLogits is read below
     options.kv_cache_tokens = 64;
     auto engine = Engine::Create(model, **devices_->BackendFor(Device::Cuda(0)), options);
     ASSERT_TRUE(engine.ok()) << engine.status();
