@@ -85,10 +85,12 @@ struct Elem<__half> {
   }
 };
 
-// The weight stream is read once: keep it out of L1 so x and the absmax stay there.
+// The weight stream is read once: keep it out of L1 so x and the absmax stay there, and have L2
+// fetch the 256 bytes around it (a warp walks each row's bytes in order, so that is the data its
+// next chunks need: it keeps more bytes in flight than registers could).
 __device__ __forceinline__ uint2 LoadStreaming(const uint8_t* p) {
   uint2 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n"
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];\n"
                : "=r"(v.x), "=r"(v.y)
                : "l"(p));
   return v;
@@ -112,18 +114,34 @@ __device__ __forceinline__ uint32_t Word(const uint4 (&v)[2], int index) {
   }
 }
 
+// What one warp lane loads for kUnroll chunks of its two rows: the packed bytes and the scale
+// inputs (the absmax, or for double quant the code byte and the nested absmax, decoded later so
+// that no load waits on another).
+template <int kUnroll>
+struct Fetch {
+  uint2 bytes_g[kUnroll], bytes_g8[kUnroll];
+  float scale_g[kUnroll], scale_g8[kUnroll];   // absmax, or the nested absmax
+  uint32_t code_g[kUnroll], code_g8[kUnroll];  // double quant: the absmax's 8-bit code
+};
+
 template <bool kNested>
-__device__ __forceinline__ float BlockAbsmax(const Params& p, const float* nested_map,
-                                             int64_t flat_index) {
+__device__ __forceinline__ void LoadScale(const Params& p, int64_t flat_index, float& scale,
+                                          uint32_t& code) {
   const int64_t block = flat_index >> p.log2_blocksize;
   if constexpr (!kNested) {
-    return __ldg(p.absmax + block);
+    scale = __ldg(p.absmax + block);
   } else {
-    // bitsandbytes' dequantize of the nested state, then + offset: no FMA contraction.
-    const float scaled =
-        __fmul_rn(nested_map[__ldg(p.absmax_codes + block)], __ldg(p.nested_absmax + (block >> 8)));
-    return __fadd_rn(scaled, p.nested_offset);
+    code = __ldg(p.absmax_codes + block);
+    scale = __ldg(p.nested_absmax + (block >> 8));
   }
+}
+
+// bitsandbytes' dequantize of the nested state, then + offset: no FMA contraction.
+template <bool kNested>
+__device__ __forceinline__ float Absmax(const Params& p, const float* nested_map, float scale,
+                                        uint32_t code) {
+  if constexpr (!kNested) return scale;
+  return __fadd_rn(__fmul_rn(nested_map[code], scale), p.nested_offset);
 }
 
 // kWarps split k within the block; kUnroll chunks in flight per warp; kCopies copies of the pair
@@ -139,18 +157,20 @@ __global__ void __launch_bounds__(kWarps * 32) FourBitLinearKernel(const Params 
   uint16_t* code_bits = reinterpret_cast<uint16_t*>(partial + kWarps * kTileRows * 16);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  if (tid < 16) code_bits[tid] = Elem<T>::Bits(p.code[tid]);
-  if (kNested) {
-    for (int i = tid; i < 256; i += kThreads) nested_map[i] = p.nested_code[i];
-  }
-  __syncthreads();
-  // Entry [byte][lane]: low half the code of the high nibble (the lower k), high half the other.
-  for (int i = tid; i < kPairTableWords; i += kThreads) {
-    const int byte = i / kCopies;
-    pair_table[i] = static_cast<uint32_t>(code_bits[byte >> 4]) |
-                    (static_cast<uint32_t>(code_bits[byte & 15]) << 16);
-  }
-  __syncthreads();
+  const auto build_tables = [&] {
+    if (tid < 16) code_bits[tid] = Elem<T>::Bits(p.code[tid]);
+    if (kNested) {
+      for (int i = tid; i < 256; i += kThreads) nested_map[i] = p.nested_code[i];
+    }
+    __syncthreads();
+    // Entry [byte][copy]: low half the code of the high nibble (the lower k), high half the other.
+    for (int i = tid; i < kPairTableWords; i += kThreads) {
+      const int byte = i / kCopies;
+      pair_table[i] = static_cast<uint32_t>(code_bits[byte >> 4]) |
+                      (static_cast<uint32_t>(code_bits[byte & 15]) << 16);
+    }
+    __syncthreads();
+  };
 
   const int g = lane >> 2, j = lane & 3;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kTileRows + g;  // and row + 8
@@ -174,54 +194,77 @@ __global__ void __launch_bounds__(kWarps * 32) FourBitLinearKernel(const Params 
   const int chunk_begin = warp * per_warp;
   const int chunk_end = min(chunks, chunk_begin + per_warp);
 
-  float acc[kBatchTiles][4] = {};
-  for (int c0 = chunk_begin; c0 < chunk_end; c0 += kUnroll) {
-    uint2 w_g[kUnroll], w_g8[kUnroll];
-    float scale_g[kUnroll], scale_g8[kUnroll];
-    uint4 xv[kUnroll][kBatchTiles][2];
+  const auto load = [&](Fetch<kUnroll>& f, int c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u;
-      const bool live = c < chunk_end;
-      w_g[u] = live ? LoadStreaming(weights_g + c * (kChunk / 2)) : make_uint2(0, 0);
-      w_g8[u] = live ? LoadStreaming(weights_g8 + c * (kChunk / 2)) : make_uint2(0, 0);
-      scale_g[u] = live ? BlockAbsmax<kNested>(p, nested_map, flat_g + c * kChunk) : 0.f;
-      scale_g8[u] = live ? BlockAbsmax<kNested>(p, nested_map, flat_g8 + c * kChunk) : 0.f;
-#pragma unroll
-      for (int t = 0; t < kBatchTiles; ++t) {
-        if (live && x_valid[t]) {
-          const uint4* src = reinterpret_cast<const uint4*>(x_rows[t] + c * kChunk);
-          xv[u][t][0] = __ldg(src);
-          xv[u][t][1] = __ldg(src + 1);
-        } else {
-          xv[u][t][0] = xv[u][t][1] = make_uint4(0, 0, 0, 0);
-        }
+      if (c < chunk_end) {
+        f.bytes_g[u] = LoadStreaming(weights_g + c * (kChunk / 2));
+        f.bytes_g8[u] = LoadStreaming(weights_g8 + c * (kChunk / 2));
+        LoadScale<kNested>(p, flat_g + c * kChunk, f.scale_g[u], f.code_g[u]);
+        LoadScale<kNested>(p, flat_g8 + c * kChunk, f.scale_g8[u], f.code_g8[u]);
+      } else {
+        f.bytes_g[u] = f.bytes_g8[u] = make_uint2(0, 0);
+        f.scale_g[u] = f.scale_g8[u] = 0.f;
+        f.code_g[u] = f.code_g8[u] = 0;
       }
     }
+  };
+  float acc[kBatchTiles][4] = {};
+  const auto compute = [&](const Fetch<kUnroll>& f, int c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      const int c = c0 + u;
+      if (c >= chunk_end) break;
+      // x from L1/L2: every block of the launch reads the same activations.
+      uint4 xv[kBatchTiles][2];
+#pragma unroll
+      for (int t = 0; t < kBatchTiles; ++t) {
+        if (x_valid[t]) {
+          const uint4* src = reinterpret_cast<const uint4*>(x_rows[t] + c * kChunk);
+          xv[t][0] = __ldg(src);
+          xv[t][1] = __ldg(src + 1);
+        } else {
+          xv[t][0] = xv[t][1] = make_uint4(0, 0, 0, 0);
+        }
+      }
       float d[kBatchTiles][4] = {};
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
-        const uint32_t word_g = s < 2 ? w_g[u].x : w_g[u].y;
-        const uint32_t word_g8 = s < 2 ? w_g8[u].x : w_g8[u].y;
+        const uint32_t word_g = s < 2 ? f.bytes_g[u].x : f.bytes_g[u].y;
+        const uint32_t word_g8 = s < 2 ? f.bytes_g8[u].x : f.bytes_g8[u].y;
         const int at = (s & 1) * 2;
         const uint32_t a[4] = {
             table[Byte(word_g, at) * kCopies], table[Byte(word_g8, at) * kCopies],
             table[Byte(word_g, at + 1) * kCopies], table[Byte(word_g8, at + 1) * kCopies]};
 #pragma unroll
         for (int t = 0; t < kBatchTiles; ++t) {
-          Elem<T>::Mma(d[t], a, Word(xv[u][t], 2 * s), Word(xv[u][t], 2 * s + 1));
+          Elem<T>::Mma(d[t], a, Word(xv[t], 2 * s), Word(xv[t], 2 * s + 1));
         }
       }
+      const float scale_g = Absmax<kNested>(p, nested_map, f.scale_g[u], f.code_g[u]);
+      const float scale_g8 = Absmax<kNested>(p, nested_map, f.scale_g8[u], f.code_g8[u]);
 #pragma unroll
       for (int t = 0; t < kBatchTiles; ++t) {
-        acc[t][0] += scale_g[u] * d[t][0];
-        acc[t][1] += scale_g[u] * d[t][1];
-        acc[t][2] += scale_g8[u] * d[t][2];
-        acc[t][3] += scale_g8[u] * d[t][3];
+        acc[t][0] += scale_g * d[t][0];
+        acc[t][1] += scale_g * d[t][1];
+        acc[t][2] += scale_g8 * d[t][2];
+        acc[t][3] += scale_g8 * d[t][3];
       }
     }
+  };
+
+  // Two fetch buffers: the next chunks' loads are in flight while these are decoded, and the
+  // first loads go out before the block builds its tables.
+  Fetch<kUnroll> front, back;
+  load(front, chunk_begin);
+  build_tables();
+  for (int c0 = chunk_begin; c0 < chunk_end; c0 += 2 * kUnroll) {
+    load(back, c0 + kUnroll);
+    compute(front, c0);
+    if (c0 + kUnroll >= chunk_end) break;
+    load(front, c0 + 2 * kUnroll);
+    compute(back, c0 + kUnroll);
   }
 
   // C fragment: c0, c1 = rows g, batch 2j, 2j+1; c2, c3 = row g + 8.
@@ -283,12 +326,12 @@ absl::Status LaunchTuned(const Params& params, bool nested, const FourBitLinearT
     return t.warps == warps && t.unroll == unroll && t.table_copies == copies;
   };
   if (is(8, 4, 32)) return Launch<T, 8, 4, 32>(params, nested, stream);
-  if (is(8, 8, 32)) return Launch<T, 8, 8, 32>(params, nested, stream);
-  if (is(4, 4, 32)) return Launch<T, 4, 4, 32>(params, nested, stream);
-  if (is(4, 8, 32)) return Launch<T, 4, 8, 32>(params, nested, stream);
-  if (is(8, 4, 16)) return Launch<T, 8, 4, 16>(params, nested, stream);
-  if (is(4, 8, 16)) return Launch<T, 4, 8, 16>(params, nested, stream);
   if (is(8, 2, 32)) return Launch<T, 8, 2, 32>(params, nested, stream);
+  if (is(8, 2, 16)) return Launch<T, 8, 2, 16>(params, nested, stream);
+  if (is(8, 4, 16)) return Launch<T, 8, 4, 16>(params, nested, stream);
+  if (is(4, 4, 32)) return Launch<T, 4, 4, 32>(params, nested, stream);
+  if (is(4, 2, 16)) return Launch<T, 4, 2, 16>(params, nested, stream);
+  if (is(4, 8, 32)) return Launch<T, 4, 8, 32>(params, nested, stream);
   return absl::InvalidArgumentError(absl::StrCat("FourBitLinear: no compiled variant with ",
                                                  t.warps, " warps, unroll ", t.unroll, ", ",
                                                  t.table_copies, " table copies"));

@@ -46,8 +46,8 @@ bool FourBitLinearFits(int64_t m, const FourBitLinearWeight& w, ScalarType x_dty
 
 // The kernel's launch shape: warps per block (they split k), 64-code chunks each warp keeps in
 // flight, copies of the decode table in shared memory. The defaults are what the backend uses;
-// bench/gpu_linear compares the other compiled variants (8/4/32, 8/8/32, 4/4/32, 4/8/32, 8/4/16,
-// 4/8/16, 8/2/32).
+// bench/gpu_linear compares the other compiled variants (8/4/32, 8/2/32, 8/2/16, 8/4/16, 4/4/32,
+// 4/2/16, 4/8/32).
 struct FourBitLinearTuning {
   int warps = 8;
   int unroll = 4;
