@@ -11,7 +11,7 @@ time is (t(N tokens) - t(1 token)) / (N - 1), median of 3, as in ../shared/refer
 h200-anchors.md §C. bitsandbytes comes from its wheel's files on PYTHONPATH.
 
 usage: run_bench.py --bench PATH/gpu_decode_bench --read_gbps N [--dir D] [--tokens 64]
-                    [--formats bf16,nf4,nf4-dq] [--batch 1,8] [--no-hf]
+                    [--formats bf16,nf4,nf4-dq] [--batch 1,8] [--no-hf] [--hf_formats nf4]
 """
 import argparse
 import json
@@ -78,6 +78,7 @@ def main():
     parser.add_argument('--formats', default='bf16,nf4,nf4-dq')
     parser.add_argument('--batch', default='1,8')
     parser.add_argument('--no-hf', action='store_true')
+    parser.add_argument('--hf_formats', help='formats to run in transformers (default: --formats)')
     parser.add_argument('--json')
     args = parser.parse_args()
     write_checkpoint(args.dir, args.layers)
@@ -90,7 +91,7 @@ def main():
         print(json.dumps(r), flush=True)
     hf = {}
     if not args.no_hf:
-        for fmt in args.formats.split(','):
+        for fmt in (args.hf_formats or args.formats).split(','):
             try:
                 hf[fmt] = hf_decode(args.dir, None if fmt == 'bf16' else fmt, args.tokens, args.prompt)
                 print(json.dumps({'hf_format': fmt, 'ms_per_token': hf[fmt] * 1e3,
