@@ -10,9 +10,10 @@
 // a warm-up, CUDA events around each replay, the median reported. The bandwidth limit is a read of
 // a 4 GiB buffer with 16-byte loads, timed the same way.
 //
-// usage: gpu_linear_bench [--layers=32] [--reps=20] [--rows=1,4,16] [--variants=W/U/C,...]
+// usage: gpu_linear_bench [--layers=32] [--reps=20] [--rows=1,4,16] [--variants=W/U/C[/B],...]
 //   --variants: also time the step with these launch shapes of the fused kernel (warps per block /
-//   chunks in flight / decode-table copies; runtime/cuda/four_bit_linear.h lists those compiled).
+//   chunks in flight / decode-table copies / blocks per SM; runtime/cuda/four_bit_linear.h lists
+//   those compiled).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -333,10 +334,10 @@ absl::Status Run(int layers, int reps, const std::vector<int64_t>& rows,
       for (int64_t m : rows) {
         KBITD_ASSIGN_OR_RETURN(Timing t, time_calls(path, m, step, tuning));
         std::printf(
-            "{\"variant\": \"%d/%d/%d\", \"path\": \"%s\", \"m\": %lld, \"ms\": %.3f, "
+            "{\"variant\": \"%d/%d/%d/%d\", \"path\": \"%s\", \"m\": %lld, \"ms\": %.3f, "
             "\"pct_read\": %.1f}\n",
-            tuning.warps, tuning.unroll, tuning.table_copies, path, static_cast<long long>(m), t.ms,
-            t.pct());
+            tuning.warps, tuning.unroll, tuning.table_copies, tuning.min_blocks, path,
+            static_cast<long long>(m), t.ms, t.pct());
         std::fflush(stdout);
       }
     }
@@ -395,8 +396,10 @@ int main(int argc, char** argv) {
       for (absl::string_view v : absl::StrSplit(kv.second, ',')) {
         std::vector<std::string> parts = absl::StrSplit(v, '/');
         kbitd::runtime::cuda::FourBitLinearTuning t;
-        ok = ok && parts.size() == 3 && absl::SimpleAtoi(parts[0], &t.warps) &&
-             absl::SimpleAtoi(parts[1], &t.unroll) && absl::SimpleAtoi(parts[2], &t.table_copies);
+        ok = ok && (parts.size() == 3 || parts.size() == 4) &&
+             absl::SimpleAtoi(parts[0], &t.warps) && absl::SimpleAtoi(parts[1], &t.unroll) &&
+             absl::SimpleAtoi(parts[2], &t.table_copies) &&
+             (parts.size() == 3 || absl::SimpleAtoi(parts[3], &t.min_blocks));
         variants.push_back(t);
       }
     } else {
@@ -405,7 +408,7 @@ int main(int argc, char** argv) {
     if (!ok) {
       std::fprintf(stderr,
                    "usage: gpu_linear_bench [--layers=32] [--reps=20] [--rows=1,4,16] "
-                   "[--variants=8/4/32,4/8/16,...]\n");
+                   "[--variants=8/4/32/1,8/2/32/3,...]\n");
       return 2;
     }
   }

@@ -146,8 +146,9 @@ __device__ __forceinline__ float Absmax(const Params& p, const float* nested_map
 
 // kWarps split k within the block; kUnroll chunks in flight per warp; kCopies copies of the pair
 // table (32: one per lane, no bank conflicts; 16: half the shared memory, at most 2-way).
-template <typename T, int kBatchTiles, bool kNested, int kWarps, int kUnroll, int kCopies>
-__global__ void __launch_bounds__(kWarps * 32) FourBitLinearKernel(const Params p) {
+template <typename T, int kBatchTiles, bool kNested, int kWarps, int kUnroll, int kCopies,
+          int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks) FourBitLinearKernel(const Params p) {
   constexpr int kThreads = kWarps * 32;
   constexpr int kPairTableWords = 256 * kCopies;
   extern __shared__ __align__(16) uint32_t shared[];
@@ -295,24 +296,24 @@ __global__ void __launch_bounds__(kWarps * 32) FourBitLinearKernel(const Params 
   }
 }
 
-template <typename T, int kWarps, int kUnroll, int kCopies>
+template <typename T, int kWarps, int kUnroll, int kCopies, int kMinBlocks>
 absl::Status Launch(const Params& params, bool nested, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(params.n / kTileRows);
   constexpr int kShared = SharedBytes(kWarps, kCopies);
   static_assert(kShared <= 48 * 1024, "over the default dynamic shared memory limit");
   if (params.m <= 8) {
     if (nested) {
-      FourBitLinearKernel<T, 1, true, kWarps, kUnroll, kCopies>
+      FourBitLinearKernel<T, 1, true, kWarps, kUnroll, kCopies, kMinBlocks>
           <<<blocks, kWarps * 32, kShared, stream>>>(params);
     } else {
-      FourBitLinearKernel<T, 1, false, kWarps, kUnroll, kCopies>
+      FourBitLinearKernel<T, 1, false, kWarps, kUnroll, kCopies, kMinBlocks>
           <<<blocks, kWarps * 32, kShared, stream>>>(params);
     }
   } else if (nested) {
-    FourBitLinearKernel<T, 2, true, kWarps, kUnroll, kCopies>
+    FourBitLinearKernel<T, 2, true, kWarps, kUnroll, kCopies, kMinBlocks>
         <<<blocks, kWarps * 32, kShared, stream>>>(params);
   } else {
-    FourBitLinearKernel<T, 2, false, kWarps, kUnroll, kCopies>
+    FourBitLinearKernel<T, 2, false, kWarps, kUnroll, kCopies, kMinBlocks>
         <<<blocks, kWarps * 32, kShared, stream>>>(params);
   }
   return LaunchStatus("FourBitLinear");
@@ -322,19 +323,20 @@ absl::Status Launch(const Params& params, bool nested, cudaStream_t stream) {
 template <typename T>
 absl::Status LaunchTuned(const Params& params, bool nested, const FourBitLinearTuning& t,
                          cudaStream_t stream) {
-  const auto is = [&](int warps, int unroll, int copies) {
-    return t.warps == warps && t.unroll == unroll && t.table_copies == copies;
+  const auto is = [&](int warps, int unroll, int copies, int min_blocks) {
+    return t.warps == warps && t.unroll == unroll && t.table_copies == copies &&
+           t.min_blocks == min_blocks;
   };
-  if (is(8, 4, 32)) return Launch<T, 8, 4, 32>(params, nested, stream);
-  if (is(8, 2, 32)) return Launch<T, 8, 2, 32>(params, nested, stream);
-  if (is(8, 2, 16)) return Launch<T, 8, 2, 16>(params, nested, stream);
-  if (is(8, 4, 16)) return Launch<T, 8, 4, 16>(params, nested, stream);
-  if (is(4, 4, 32)) return Launch<T, 4, 4, 32>(params, nested, stream);
-  if (is(4, 2, 16)) return Launch<T, 4, 2, 16>(params, nested, stream);
-  if (is(4, 8, 32)) return Launch<T, 4, 8, 32>(params, nested, stream);
-  return absl::InvalidArgumentError(absl::StrCat("FourBitLinear: no compiled variant with ",
-                                                 t.warps, " warps, unroll ", t.unroll, ", ",
-                                                 t.table_copies, " table copies"));
+  if (is(8, 4, 32, 1)) return Launch<T, 8, 4, 32, 1>(params, nested, stream);
+  if (is(8, 2, 32, 1)) return Launch<T, 8, 2, 32, 1>(params, nested, stream);
+  if (is(8, 4, 16, 1)) return Launch<T, 8, 4, 16, 1>(params, nested, stream);
+  if (is(8, 4, 32, 3)) return Launch<T, 8, 4, 32, 3>(params, nested, stream);
+  if (is(8, 2, 32, 3)) return Launch<T, 8, 2, 32, 3>(params, nested, stream);
+  if (is(8, 2, 16, 4)) return Launch<T, 8, 2, 16, 4>(params, nested, stream);
+  if (is(4, 2, 16, 6)) return Launch<T, 4, 2, 16, 6>(params, nested, stream);
+  return absl::InvalidArgumentError(
+      absl::StrCat("FourBitLinear: no compiled variant with ", t.warps, " warps, unroll ", t.unroll,
+                   ", ", t.table_copies, " table copies, ", t.min_blocks, " blocks per SM"));
 }
 
 bool IsPowerOfTwo(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }

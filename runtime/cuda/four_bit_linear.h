@@ -45,13 +45,15 @@ bool FourBitLinearFits(int64_t m, const FourBitLinearWeight& w, ScalarType x_dty
                        ScalarType y_dtype);
 
 // The kernel's launch shape: warps per block (they split k), 64-code chunks each warp keeps in
-// flight, copies of the decode table in shared memory. The defaults are what the backend uses;
-// bench/gpu_linear compares the other compiled variants (8/4/32, 8/2/32, 8/2/16, 8/4/16, 4/4/32,
-// 4/2/16, 4/8/32).
+// flight, copies of the decode table in shared memory, and the blocks per multiprocessor the
+// compiler must fit (a register cap; 1 = none). The defaults are what the backend uses;
+// bench/gpu_linear compares the other compiled variants (W/U/C/B: 8/4/32/1, 8/2/32/1, 8/4/16/1,
+// 8/4/32/3, 8/2/32/3, 8/2/16/4, 4/2/16/6).
 struct FourBitLinearTuning {
   int warps = 8;
   int unroll = 4;
   int table_copies = 32;
+  int min_blocks = 1;
 };
 
 // y[m, n] = y_dtype(Σ_k x[m, k] · code[q[n, k]] · absmax(n, k)): codes are rounded to x_dtype and
