@@ -295,8 +295,10 @@ absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, L
       break;
     }
     case quant::QuantType::kInt8Blockwise:
-      return absl::UnimplementedError(absl::StrCat(
-          "module ", module.prefix, ": 8-bit blockwise linear weights are not served"));
+    case quant::QuantType::kGptq:
+      return absl::UnimplementedError(absl::StrCat("module ", module.prefix, ": ",
+                                                   std::string(quant::QuantTypeName(state.type)),
+                                                   " linear weights are not served"));
   }
   w->storage.push_back(std::move(data));
   for (const std::string& name : module.tensors) ctx.Consumed(name);

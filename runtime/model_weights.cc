@@ -56,9 +56,11 @@ absl::Status CheckLinearWeightLayout(const std::string& op, const LinearWeight& 
       KBITD_RETURN_IF_ERROR(CheckPart(op, "cb", w.cb, ScalarType::kInt8, n));
       return CheckPart(op, "scb", w.scb, ScalarType::kFloat32, w.out_features);
     case quant::QuantType::kInt8Blockwise:
+    case quant::QuantType::kGptq:
       break;
   }
-  return absl::UnimplementedError(absl::StrCat(op, ": 8-bit blockwise weights have no matmul"));
+  return absl::UnimplementedError(absl::StrCat(
+      op, ": ", std::string(quant::QuantTypeName(*w.quant_type)), " weights have no matmul"));
 }
 
 }  // namespace
@@ -80,6 +82,7 @@ int64_t LinearWeight::resident_bytes() const {
     case quant::QuantType::kInt8Rowwise:
       return n + 4 * out_features;
     case quant::QuantType::kInt8Blockwise:
+    case quant::QuantType::kGptq:
       break;
   }
   return 0;

@@ -25,6 +25,8 @@ std::string FormatOf(const quant::QuantState& state) {
       return "int8";
     case quant::QuantType::kInt8Blockwise:
       return "int8-blockwise";
+    case quant::QuantType::kGptq:
+      return absl::StrCat("gptq", state.gptq ? state.gptq->params.bits : 0);
   }
   return "?";
 }

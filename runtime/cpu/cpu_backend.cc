@@ -74,10 +74,12 @@ absl::Status CpuBackend::Linear(const LinearWeight& w, const Tensor& x, Tensor y
     case quant::QuantType::kInt8Rowwise:
       return Int8Linear(w, x, y);
     case quant::QuantType::kInt8Blockwise:
+    case quant::QuantType::kGptq:
       break;
   }
-  return absl::UnimplementedError(
-      absl::StrCat("linear ", w.name, ": 8-bit blockwise weights have no matmul"));
+  return absl::UnimplementedError(absl::StrCat("linear ", w.name, ": ",
+                                               std::string(quant::QuantTypeName(*w.quant_type)),
+                                               " weights have no matmul"));
 }
 
 absl::Status CpuBackend::DenseLinear(const LinearWeight& w, const Tensor& x, Tensor y) {
