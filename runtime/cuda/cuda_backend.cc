@@ -99,6 +99,11 @@ class CudaBackend : public Backend {
     if (!w.is_dense() && *w.quant_type == quant::QuantType::kInt8Rowwise) {
       return Int8Linear(w, x, y);
     }
+    if (w.is_gptq()) {
+      return absl::UnimplementedError(
+          absl::StrCat("Linear ", w.name,
+                       ": GPTQ weights are not served on CUDA yet; load with device_map cpu"));
+    }
     KBITD_ASSIGN_OR_RETURN(const void* weight, WeightIn(w, x.dtype));
     KBITD_RETURN_IF_ERROR(gemm_->Run({.x = x.data,
                                       .w = weight,
