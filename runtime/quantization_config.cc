@@ -181,6 +181,17 @@ absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const JsonValue& json
   return c;
 }
 
+absl::StatusOr<std::optional<quant::GptqParams>> GptqParamsOfHfConfig(const JsonValue& hf_config) {
+  const JsonValue* q = hf_config.Find("quantization_config");
+  if (q == nullptr || q->is_null()) return std::nullopt;
+  const JsonValue* method = q->is_object() ? q->Find("quant_method") : nullptr;
+  if (method == nullptr || !method->is_string() || method->string_value() != "gptq") {
+    return std::nullopt;
+  }
+  KBITD_ASSIGN_OR_RETURN(QuantizationConfig config, ParseQuantizationConfig(*q));
+  return config.gptq->Params();
+}
+
 bool IsModuleSkipped(const std::vector<std::string>& skip_modules, const std::string& name) {
   std::string leaf = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
   for (const std::string& key : skip_modules) {

@@ -56,6 +56,10 @@ struct QuantizationConfig {
 // per-module "dynamic" overrides are UNIMPLEMENTED.
 absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const JsonValue& json);
 
+// The GPTQ parameters a config.json object declares in its quantization_config; nullopt when it
+// declares none or another method (errors as ParseQuantizationConfig).
+absl::StatusOr<std::optional<quant::GptqParams>> GptqParamsOfHfConfig(const JsonValue& hf_config);
+
 // Checks a config built in code (e.g. from a load request) with the same rules.
 absl::Status ValidateQuantizationConfig(const QuantizationConfig& config);
 
