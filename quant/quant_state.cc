@@ -12,56 +12,19 @@
 #include "quant/blockwise_8bit.h"
 #include "quant/codebooks.h"
 #include "quant/int8_rowwise.h"
+#include "quant/state_dict_internal.h"
 
 namespace kbitd::quant {
 namespace {
 
+using internal::Expect;
+using internal::MakeTensor;
+using internal::Numel;
+using internal::ShapeString;
+using internal::Values;
+
 constexpr char kQuantStateKey[] = "quant_state.bitsandbytes__";
 constexpr size_t kQuantStateKeySize = sizeof(kQuantStateKey) - 1;
-
-template <typename T>
-NamedTensor MakeTensor(std::string name, ScalarType dtype, std::vector<int64_t> shape,
-                       const std::vector<T>& values) {
-  NamedTensor t{std::move(name), dtype, std::move(shape),
-                std::vector<uint8_t>(values.size() * sizeof(T))};
-  if (!values.empty()) std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
-  return t;
-}
-
-template <typename T>
-std::vector<T> Values(const NamedTensor& t) {
-  std::vector<T> out(t.bytes.size() / sizeof(T));
-  if (!out.empty()) std::memcpy(out.data(), t.bytes.data(), out.size() * sizeof(T));
-  return out;
-}
-
-int64_t Numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);
-  return s + "]";
-}
-
-// Checks dtype and shape of a tensor against what bnb writes.
-absl::Status Expect(const NamedTensor& t, ScalarType dtype, const std::vector<int64_t>& shape) {
-  if (t.dtype != dtype || t.shape != shape) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor ", t.name, ": expected ", std::string(SafetensorsDtypeName(dtype)),
-                     " ", ShapeString(shape), ", got ", std::string(SafetensorsDtypeName(t.dtype)),
-                     " ", ShapeString(t.shape)));
-  }
-  if (static_cast<int64_t>(t.bytes.size()) !=
-      Numel(shape) * static_cast<int64_t>(ScalarTypeSize(dtype))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor ", t.name, ": ", t.bytes.size(), " bytes do not match its shape"));
-  }
-  return absl::OkStatus();
-}
 
 bool IsFourBit(QuantType type) { return type == QuantType::kNf4 || type == QuantType::kFp4; }
 
@@ -321,6 +284,9 @@ absl::StatusOr<QuantState> QuantizeToState(const void* data, ScalarType dtype,
                                                 state.scb.data()));
       return state;
     }
+    case QuantType::kGptq:
+      return absl::UnimplementedError(
+          "quantizing to GPTQ is not implemented (GPTQ checkpoints load as they are)");
   }
   return absl::InvalidArgumentError("unknown quant type");
 }
@@ -359,8 +325,9 @@ absl::StatusOr<std::vector<NamedTensor>> ToStateDict(const QuantState& state,
     return out;
   }
   if (!IsFourBit(state.type)) {
-    return absl::UnimplementedError(
-        "8-bit blockwise weights have no bitsandbytes module serialization");
+    return absl::UnimplementedError(absl::StrCat(std::string(QuantTypeName(state.type)),
+                                                 " weights have no bitsandbytes module "
+                                                 "serialization"));
   }
   const int64_t n = state.numel();
   const int64_t itemsize = static_cast<int64_t>(ScalarTypeSize(state.quant_storage));
@@ -493,6 +460,8 @@ absl::Status DequantizeState(const QuantState& state, ScalarType output_type, vo
       return DequantizeRowwiseInt8(reinterpret_cast<const int8_t*>(state.data.data()),
                                    state.scb.data(), state.shape[0], state.shape[1], output_type,
                                    output);
+    case QuantType::kGptq:
+      return internal::DequantizeGptqState(state, output_type, output);
   }
   return absl::InternalError("unknown quant type");
 }
@@ -511,6 +480,8 @@ std::string_view QuantTypeName(QuantType type) {
       return "int8_blockwise";
     case QuantType::kInt8Rowwise:
       return "int8_rowwise";
+    case QuantType::kGptq:
+      return "gptq";
   }
   return "unknown";
 }

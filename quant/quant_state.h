@@ -10,6 +10,8 @@
 //   {quant_type, blocksize, dtype, shape[, nested_blocksize, nested_dtype, nested_offset]}).
 // LLM.int8 keys: <p>.weight (int8 [out, in]), <p>.SCB (fp32 [out]), <p>.weight_format (uint8 0-dim,
 //   0 = "row"; the tiled formats 1..3 of bnb < 0.45 are refused).
+// GPTQ keys (quant/gptq.h): <p>.qweight (I32), <p>.qzeros (I32), <p>.scales (F16), <p>.g_idx (I32);
+//   bits, group size and zero format come from config.json (GptqParams), not from the tensors.
 // <p>.bias is not part of the quantization state and is ignored here.
 #pragma once
 
@@ -23,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
 #include "quant/double_quant.h"
+#include "quant/gptq.h"
 
 namespace kbitd::quant {
 
@@ -33,9 +36,21 @@ struct NamedTensor {
   std::vector<uint8_t> bytes;
 };
 
-enum class QuantType : uint8_t { kNf4, kFp4, kInt8Blockwise, kInt8Rowwise };
-// "nf4", "fp4", "int8_blockwise", "int8_rowwise" (the names the API and kbitq report).
+enum class QuantType : uint8_t { kNf4, kFp4, kInt8Blockwise, kInt8Rowwise, kGptq };
+// "nf4", "fp4", "int8_blockwise", "int8_rowwise", "gptq" (the names the API and kbitq report).
 std::string_view QuantTypeName(QuantType type);
+
+// A GPTQ linear's tensors as stored (quant/gptq.h); the state's shape is {out, in}.
+struct GptqTensors {
+  GptqParams params;
+  int64_t groups = 0;
+  std::vector<int32_t> qweight;  // [in * bits / 32, out]
+  std::vector<int32_t> qzeros;   // [groups, out * bits / 32]
+  std::vector<uint16_t> scales;  // fp16 bits [groups, out]
+  std::vector<int32_t> g_idx;    // [in]
+
+  GptqView View(int64_t out_features, int64_t in_features) const;
+};
 
 struct QuantState {
   QuantType type = QuantType::kNf4;
@@ -48,6 +63,7 @@ struct QuantState {
   std::optional<NestedAbsmax> nested;  // double quant
   std::vector<float> scb;              // int8 rowwise: row absmax [out]
   std::vector<float> code;             // quant_map (16) or 8-bit code (256)
+  std::optional<GptqTensors> gptq;     // kGptq
 
   int64_t numel() const;
 };
@@ -80,6 +96,13 @@ absl::StatusOr<std::vector<NamedTensor>> ToStateDict(const QuantState& state,
 // blocksize and JSON keys are validated with messages naming the tensor at fault.
 absl::StatusOr<QuantState> FromStateDict(const std::vector<NamedTensor>& tensors,
                                          std::string_view prefix);
+
+// Reads the GPTQ linear "<prefix>" (<prefix>.qweight, .qzeros, .scales, .g_idx; other names are
+// ignored) into a kGptq state of shape {out, in}, dtype float16. Strict: dtypes, shapes against
+// `params` and each other, and every g_idx in range, with messages naming the tensor at fault
+// (INVALID_ARGUMENT; NOT_FOUND for a missing tensor).
+absl::StatusOr<QuantState> GptqFromStateDict(const std::vector<NamedTensor>& tensors,
+                                             std::string_view prefix, const GptqParams& params);
 
 // Dequantizes the whole tensor into `output` (numel() elements of output_type: F32/F16/BF16).
 absl::Status DequantizeState(const QuantState& state, ScalarType output_type, void* output);

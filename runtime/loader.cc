@@ -32,8 +32,11 @@ struct LoadContext {
   // Quantization to apply to plain linears (quantize-on-load), nullopt = keep dense.
   std::optional<QuantizationConfig> quantize;
   bool prequantized = false;
-  // Modules stored quantized (bitsandbytes keys), by module name; empty for a plain checkpoint.
+  // Modules stored quantized (bitsandbytes or GPTQ keys), by module name; empty for a plain
+  // checkpoint.
   std::map<std::string, QuantizedModule> quantized_modules;
+  // How the GPTQ tensors read (config.json's quantization_config); nullopt unless GPTQ.
+  std::optional<quant::GptqParams> gptq;
   std::vector<std::string> skip_modules;
   LoadProgress progress;
   int64_t parameter_count = 0;
@@ -264,41 +267,73 @@ absl::Status QuantizeLinear(LoadContext& ctx, const TensorView& view, LinearWeig
   return absl::OkStatus();
 }
 
+// A GPTQ module's tensors placed as stored (quant/gptq.h): the CPU backend dequantizes them a
+// chunk of rows at a time, so the resident bytes are the checkpoint's.
+absl::Status PlaceGptq(LoadContext& ctx, const quant::GptqTensors& t, LinearWeight* w) {
+  const int64_t in = w->in_features, out = w->out_features, groups = t.groups;
+  const int bits = t.params.bits;
+  KBITD_ASSIGN_OR_RETURN(Buffer qweight, CopyVector(ctx, t.qweight));
+  KBITD_ASSIGN_OR_RETURN(Buffer qzeros, CopyVector(ctx, t.qzeros));
+  KBITD_ASSIGN_OR_RETURN(Buffer scales, CopyVector(ctx, t.scales));
+  KBITD_ASSIGN_OR_RETURN(Buffer g_idx, CopyVector(ctx, t.g_idx));
+  w->quant_type = quant::QuantType::kGptq;
+  w->gptq = t.params;
+  w->qweight = qweight.View(ScalarType::kInt32, {quant::GptqWords(in, bits), out});
+  w->qzeros = qzeros.View(ScalarType::kInt32, {groups, quant::GptqWords(out, bits)});
+  w->scales = scales.View(ScalarType::kFloat16, {groups, out});
+  w->g_idx = g_idx.View(ScalarType::kInt32, {in});
+  for (Buffer* b : {&qweight, &qzeros, &scales, &g_idx}) w->storage.push_back(std::move(*b));
+  return absl::OkStatus();
+}
+
 // A Linear4bit / Linear8bitLt module saved by transformers + bitsandbytes or kbitq (bnb-spec §5.2,
-// §6.3). Its state is read and validated by quant::FromStateDict through
-// runtime/checkpoint/bnb_checkpoint.h, the parser `kbitq inspect/dequantize` use, then copied into
-// the weights pool.
+// §6.3), or a GPTQ module. Its state is read and validated by quant::FromStateDict /
+// GptqFromStateDict through runtime/checkpoint/bnb_checkpoint.h, the parser `kbitq
+// inspect/dequantize` use, then copied into the weights pool.
 absl::Status LoadPrequantized(LoadContext& ctx, const QuantizedModule& module, LinearWeight* w) {
-  KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(ctx.checkpoint, module));
-  const std::string weight = module.prefix + ".weight";
+  KBITD_ASSIGN_OR_RETURN(quant::QuantState state,
+                         ReadQuantState(ctx.checkpoint, module, ctx.gptq ? &*ctx.gptq : nullptr));
   const std::vector<int64_t> want = {w->out_features, w->in_features};
-  if (state.shape != want) return ShapeError(weight, want, state.shape);
+  if (state.shape != want) {
+    if (state.type == quant::QuantType::kGptq) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GPTQ module ", module.prefix, " holds a [", state.shape[0], ", ",
+                       state.shape[1], "] weight (", module.prefix, ".qweight, ", module.prefix,
+                       ".g_idx) but the config needs [", want[0], ", ", want[1], "]"));
+    }
+    return ShapeError(module.prefix + ".weight", want, state.shape);
+  }
   w->original_dtype = state.dtype;
-  KBITD_ASSIGN_OR_RETURN(Buffer data, CopyVector(ctx, state.data));
   switch (state.type) {
     case quant::QuantType::kNf4:
     case quant::QuantType::kFp4: {
+      KBITD_ASSIGN_OR_RETURN(Buffer data, CopyVector(ctx, state.data));
       w->quant_type = state.type;
       std::copy_n(state.code.begin(), w->code.size(), w->code.begin());
       w->blocksize = state.blocksize;
       w->packed = data.View(ScalarType::kUInt8, {static_cast<int64_t>(state.data.size())});
+      w->storage.push_back(std::move(data));
       KBITD_RETURN_IF_ERROR(PlaceFourBitScales(ctx, state.absmax, state.nested, w));
       break;
     }
     case quant::QuantType::kInt8Rowwise: {
+      KBITD_ASSIGN_OR_RETURN(Buffer data, CopyVector(ctx, state.data));
       KBITD_ASSIGN_OR_RETURN(Buffer scb, CopyVector(ctx, state.scb));
       w->quant_type = quant::QuantType::kInt8Rowwise;
       w->cb = data.View(ScalarType::kInt8, {w->out_features, w->in_features});
       w->scb = scb.View(ScalarType::kFloat32, {w->out_features});
       w->threshold = ctx.config.quantization ? ctx.config.quantization->llm_int8_threshold : 6.0f;
+      w->storage.push_back(std::move(data));
       w->storage.push_back(std::move(scb));
       break;
     }
+    case quant::QuantType::kGptq:
+      KBITD_RETURN_IF_ERROR(PlaceGptq(ctx, *state.gptq, w));
+      break;
     case quant::QuantType::kInt8Blockwise:
       return absl::UnimplementedError(absl::StrCat(
           "module ", module.prefix, ": 8-bit blockwise linear weights are not served"));
   }
-  w->storage.push_back(std::move(data));
   for (const std::string& name : module.tensors) ctx.Consumed(name);
   return absl::OkStatus();
 }
@@ -316,6 +351,14 @@ absl::Status LoadLinear(LoadContext& ctx, const std::string& prefix, int64_t out
     // transformers refuses this too: serving the plain weights would ignore the config that says
     // they are quantized (and its memory and accuracy promises).
     const QuantizationConfig& q = *ctx.config.quantization;
+    if (q.gptq.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json declares GPTQ quantization (quantization_config.quant_method \"gptq\") but "
+          "linear ",
+          prefix, " has no GPTQ tensors (no ", prefix,
+          ".qweight in the checkpoint): remove quantization_config to load the weights as they "
+          "are"));
+    }
     return absl::InvalidArgumentError(absl::StrCat(
         "config.json declares bitsandbytes ", q.load_in_4bit ? "4-bit" : "8-bit",
         " quantization (quantization_config) but tensor ", prefix,
@@ -474,6 +517,18 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   ctx.prequantized = linears.prequantized;
   ctx.quantize = linears.quantize;
   ctx.skip_modules = linears.skip_modules;
+  if (ctx.prequantized && config.quantization->gptq.has_value()) {
+    ctx.gptq = config.quantization->gptq->Params();
+    // Refused here, before any weight is read, rather than at the first generate.
+    for (const PlacementEntry& entry : plan.entries) {
+      if (!entry.device.is_cpu()) {
+        return absl::UnimplementedError(absl::StrCat(
+            options.name, ": GPTQ weights are served on the CPU backend only so far, and the ",
+            "placement puts ", entry.module, " on ", entry.device.ToString(),
+            "; load it with device_map \"cpu\""));
+      }
+    }
+  }
   if (ctx.prequantized) {
     KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
     for (QuantizedModule& module : layout.modules) {

@@ -3,8 +3,10 @@
 //  - a plain checkpoint is used as is, or quantized on load with bitsandbytes' formats when
 //    LoadOptions.quantization asks for it (streamed layer by layer: host peak ~ one layer's
 //    float weights + the resident model);
-//  - a checkpoint saved by transformers + bitsandbytes (or kbitq) is loaded pre-quantized, its
-//    config.json quantization_config taking precedence.
+//  - a checkpoint saved by transformers + bitsandbytes (or kbitq), or a GPTQ checkpoint (GPTQModel,
+//    AutoGPTQ, optimum: quantization_config.quant_method "gptq"), is loaded pre-quantized, its
+//    config.json quantization_config taking precedence. GPTQ weights stay packed as stored
+//    (quant/gptq.h); the CPU backend serves them, the CUDA backend not yet.
 // Modules are skipped from quantization as transformers does (lm_head by default).
 #pragma once
 

@@ -1,6 +1,8 @@
 #include "runtime/model.h"
 
 #include <cstring>
+#include <iterator>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -77,6 +79,7 @@ absl::StatusOr<const LinearWeight*> Model::HostLinear(const LinearWeight& w,
   copy->nested_offset = w.nested_offset;
   copy->nested_blocksize = w.nested_blocksize;
   copy->threshold = w.threshold;
+  copy->gptq = w.gptq;
   std::pair<const Tensor*, Tensor*> tensors[] = {{&w.dense, &copy->dense},
                                                  {&w.packed, &copy->packed},
                                                  {&w.absmax, &copy->absmax},
@@ -84,7 +87,13 @@ absl::StatusOr<const LinearWeight*> Model::HostLinear(const LinearWeight& w,
                                                  {&w.nested_absmax, &copy->nested_absmax},
                                                  {&w.cb, &copy->cb},
                                                  {&w.scb, &copy->scb},
+                                                 {&w.qweight, &copy->qweight},
+                                                 {&w.qzeros, &copy->qzeros},
+                                                 {&w.scales, &copy->scales},
+                                                 {&w.g_idx, &copy->g_idx},
                                                  {&w.bias, &copy->bias}};
+  static_assert(std::size(tensors) == std::tuple_size_v<decltype(w.parts())>,
+                "copy every tensor of a LinearWeight");
   for (auto [src, dst] : tensors) {
     if (!src->defined()) continue;
     storage->emplace_back();
@@ -114,6 +123,19 @@ absl::Status Model::DequantizeLinear(std::string_view name, ScalarType dtype,
   const int64_t n = w->out_features * w->in_features;
   *shape = {w->out_features, w->in_features};
   out->assign(n * ScalarTypeSize(dtype), 0);
+  if (w->is_gptq()) {
+    // fp32 exact (quant/gptq.h), one rounding to `dtype`.
+    const quant::GptqView view = GptqViewOf(*w);
+    KBITD_RETURN_IF_ERROR(quant::ValidateGptq(view));
+    std::vector<float> row(w->in_features);
+    for (int64_t r = 0; r < w->out_features; ++r) {
+      quant::DequantizeGptqRows(view, r, 1, row.data());
+      for (int64_t k = 0; k < w->in_features; ++k) {
+        StoreFromFloat(out->data(), dtype, r * w->in_features + k, row[k]);
+      }
+    }
+    return absl::OkStatus();
+  }
   for (int64_t i = 0; i < n; ++i) {
     float v = 0;
     if (w->is_dense()) {

@@ -55,6 +55,21 @@ absl::Status CheckLinearWeightLayout(const std::string& op, const LinearWeight& 
     case quant::QuantType::kInt8Rowwise:
       KBITD_RETURN_IF_ERROR(CheckPart(op, "cb", w.cb, ScalarType::kInt8, n));
       return CheckPart(op, "scb", w.scb, ScalarType::kFloat32, w.out_features);
+    case quant::QuantType::kGptq: {
+      const int bits = w.gptq.bits;
+      const int64_t groups = w.gptq_groups();
+      if (absl::Status s = quant::ValidateGptqShape(bits, w.in_features, w.out_features, groups);
+          !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(op, ": ", s.message()));
+      }
+      KBITD_RETURN_IF_ERROR(CheckPart(op, "qweight", w.qweight, ScalarType::kInt32,
+                                      quant::GptqWords(w.in_features, bits) * w.out_features));
+      KBITD_RETURN_IF_ERROR(CheckPart(op, "qzeros", w.qzeros, ScalarType::kInt32,
+                                      groups * quant::GptqWords(w.out_features, bits)));
+      KBITD_RETURN_IF_ERROR(
+          CheckPart(op, "scales", w.scales, ScalarType::kFloat16, groups * w.out_features));
+      return CheckPart(op, "g_idx", w.g_idx, ScalarType::kInt32, w.in_features);
+    }
     case quant::QuantType::kInt8Blockwise:
       break;
   }
@@ -79,6 +94,8 @@ int64_t LinearWeight::resident_bytes() const {
       return packed.bytes() + absmax.bytes() + absmax_codes.bytes() + nested_absmax.bytes();
     case quant::QuantType::kInt8Rowwise:
       return n + 4 * out_features;
+    case quant::QuantType::kGptq:
+      return qweight.bytes() + qzeros.bytes() + scales.bytes() + g_idx.bytes();
     case quant::QuantType::kInt8Blockwise:
       break;
   }

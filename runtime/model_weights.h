@@ -3,8 +3,9 @@
 // handed memory of its own device. A linear layer is dense (float32/float16/bfloat16, [out, in]
 // row-major as in the checkpoint) or quantized in one of quant::QuantType's formats: bitsandbytes
 // 4-bit (NF4/FP4 packed two per byte, first element in the high nibble, blockwise absmax that may
-// itself be 8-bit "double" quantized) or LLM.int8 row-wise (int8 CB [out, in] + fp32 SCB [out]).
-// Layouts and key names: docs/bnb-spec.md §2, §4, §5, §6.
+// itself be 8-bit "double" quantized), LLM.int8 row-wise (int8 CB [out, in] + fp32 SCB [out]) or
+// GPTQ (qweight / qzeros / scales / g_idx as the checkpoint stores them, quant/gptq.h).
+// Layouts and key names: docs/bnb-spec.md §2, §4, §5, §6; quant/gptq.h.
 #pragma once
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "common/dtype.h"
+#include "quant/gptq.h"
 #include "quant/quant_state.h"
 #include "runtime/memory_pool.h"
 #include "runtime/tensor.h"
@@ -52,6 +54,14 @@ struct LinearWeight {
   Tensor scb;              // float32 [out]
   float threshold = 6.0f;  // outlier threshold for activations; 0 disables decomposition
 
+  // kGptq (quant/gptq.h), kept as stored: w[n][k] = scales[g][n] * (q[k][n] - zero[g][n]) with
+  // g = g_idx[k]; groups = quant::GptqGroups(in, gptq.group_size).
+  quant::GptqParams gptq;  // bits, group size, zero format
+  Tensor qweight;          // int32 [in * bits / 32, out]
+  Tensor qzeros;           // int32 [groups, out * bits / 32]
+  Tensor scales;           // float16 [groups, out]
+  Tensor g_idx;            // int32 [in]
+
   Tensor bias;  // float32 [out]; undefined when the layer has none
 
   std::vector<Buffer> storage;  // owns what the tensors above view (except tied views)
@@ -60,13 +70,15 @@ struct LinearWeight {
   bool is_four_bit() const {
     return quant_type == quant::QuantType::kNf4 || quant_type == quant::QuantType::kFp4;
   }
+  bool is_gptq() const { return quant_type == quant::QuantType::kGptq; }
   bool nested() const { return absmax_codes.defined(); }
+  int64_t gptq_groups() const { return quant::GptqGroups(in_features, gptq.group_size); }
   // Its tensors by field name, defined or not, so that a check or a copy misses none.
   struct Part {
     const char* name;
     const Tensor* tensor;
   };
-  std::array<Part, 8> parts() const {
+  std::array<Part, 12> parts() const {
     return {{{"dense", &dense},
              {"packed", &packed},
              {"absmax", &absmax},
@@ -74,6 +86,10 @@ struct LinearWeight {
              {"nested_absmax", &nested_absmax},
              {"cb", &cb},
              {"scb", &scb},
+             {"qweight", &qweight},
+             {"qzeros", &qzeros},
+             {"scales", &scales},
+             {"g_idx", &g_idx},
              {"bias", &bias}}};
   }
   // The device of its data: that of its first defined tensor (all of a weight's tensors live on
@@ -115,6 +131,22 @@ inline void FourBitScales(const LinearWeight& w, int64_t first, int64_t count, f
   }
 }
 
+// A GPTQ weight whose tensors are in host memory as quant/ reads it (CheckLinearWeight passed;
+// the g_idx values are checked by quant::ValidateGptq).
+inline quant::GptqView GptqViewOf(const LinearWeight& w) {
+  quant::GptqView view;
+  view.bits = w.gptq.bits;
+  view.zero_format = w.gptq.zero_format;
+  view.in_features = w.in_features;
+  view.out_features = w.out_features;
+  view.groups = w.gptq_groups();
+  view.qweight = w.qweight.as<const int32_t>();
+  view.qzeros = w.qzeros.as<const int32_t>();
+  view.scales = w.scales.as<const uint16_t>();
+  view.g_idx = w.g_idx.as<const int32_t>();
+  return view;
+}
+
 struct LayerWeights {
   Tensor input_layernorm;           // float32 [hidden]
   Tensor post_attention_layernorm;  // float32 [hidden]
@@ -137,8 +169,9 @@ std::string DescribeTensor(const Tensor& t);
 
 // The weight's layout as its format stores it, for every backend's Linear: each tensor on
 // `device` with the element count and dtype of its format (dense [out, in] float32/16/bfloat16;
-// packed nibbles and absmax, or nested codes and groups; int8 cb and scb; a float32 bias of
-// out_features). INVALID_ARGUMENT naming `op` and the tensor, UNIMPLEMENTED for 8-bit blockwise.
+// packed nibbles and absmax, or nested codes and groups; int8 cb and scb; GPTQ qweight, qzeros,
+// float16 scales and g_idx for its bits and groups; a float32 bias of out_features).
+// INVALID_ARGUMENT naming `op` and the tensor, UNIMPLEMENTED for 8-bit blockwise.
 absl::Status CheckLinearWeight(const std::string& op, const LinearWeight& w, const Device& device);
 
 }  // namespace kbitd::runtime

@@ -46,9 +46,9 @@ bool Has(const SizingContext& ctx, const std::string& name) {
   return ctx.tensors.find(name) != ctx.tensors.end();
 }
 
-// A pre-quantized module's state as the loader copies it (bnb-spec §5.2, §6.3): the packed bytes
-// trimmed to the element count, and the scales as stored. nullopt: the module is not quantized in
-// the checkpoint.
+// A pre-quantized module's state as the loader copies it (bnb-spec §5.2, §6.3; quant/gptq.h): the
+// packed bytes trimmed to the element count, and the scales as stored; GPTQ's tensors as stored.
+// nullopt: the module is not quantized in the checkpoint.
 absl::StatusOr<std::optional<int64_t>> PrequantizedBytes(const SizingContext& ctx,
                                                          const std::string& prefix, int64_t out,
                                                          int64_t in) {
@@ -66,6 +66,14 @@ absl::StatusOr<std::optional<int64_t>> PrequantizedBytes(const SizingContext& ct
     KBITD_ASSIGN_OR_RETURN(const StoredTensor* cb, Find(ctx, prefix + ".weight"));
     KBITD_ASSIGN_OR_RETURN(const StoredTensor* scb, Find(ctx, QuantStateMarker(prefix, false, "")));
     return cb->bytes + scb->bytes;
+  }
+  if (Has(ctx, prefix + ".qweight")) {  // GPTQ: its four tensors, kept as stored
+    int64_t bytes = 0;
+    for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) {
+      KBITD_ASSIGN_OR_RETURN(const StoredTensor* tensor, Find(ctx, prefix + suffix));
+      bytes += tensor->bytes;
+    }
+    return bytes;
   }
   return std::nullopt;
 }
@@ -172,6 +180,10 @@ absl::StatusOr<LinearQuantization> ResolveLinearQuantization(
   q.prequantized = config.quantization.has_value() && config.quantization->quantized();
   if (!q.prequantized && requested.has_value() && requested->quantized()) {
     KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(*requested));
+    if (requested->gptq.has_value()) {
+      return absl::UnimplementedError(
+          "quantizing to GPTQ on load is not supported (GPTQ checkpoints load as they are)");
+    }
     q.quantize = requested;
   }
   const QuantizationConfig* skip_from = q.quantize       ? &*q.quantize
@@ -180,6 +192,11 @@ absl::StatusOr<LinearQuantization> ResolveLinearQuantization(
   q.skip_modules = skip_from != nullptr && skip_from->llm_int8_skip_modules.has_value()
                        ? *skip_from->llm_int8_skip_modules
                        : std::vector<std::string>{"lm_head"};
+  // GPTQ quantizes the decoder layers' linears, and lm_head too where GPTQModel's lm_head says so.
+  if (skip_from != nullptr && skip_from->gptq.has_value()) {
+    q.skip_modules =
+        skip_from->gptq->lm_head ? std::vector<std::string>{} : std::vector<std::string>{"lm_head"};
+  }
   return q;
 }
 

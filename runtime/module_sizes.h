@@ -68,16 +68,18 @@ int64_t Blockwise8bitBytes(int64_t n, int64_t blocksize);
 // LLM.int8 (bnb-spec §6): int8 CB [rows, cols] + fp32 SCB [rows].
 int64_t Int8RowwiseBytes(int64_t rows, int64_t cols);
 
-// How the loader treats a model's linears: a checkpoint whose config.json declares bitsandbytes
-// quantization is taken as stored (a requested quantization is ignored); otherwise the request,
-// if any, quantizes every linear but the skipped ones. The skip list is the request's on
-// quantize-on-load, the checkpoint's when pre-quantized, default ["lm_head"].
+// How the loader treats a model's linears: a checkpoint whose config.json declares bitsandbytes or
+// GPTQ quantization is taken as stored (a requested quantization is ignored); otherwise the
+// request, if any, quantizes every linear but the skipped ones. The skip list is the request's on
+// quantize-on-load, the checkpoint's when pre-quantized, default ["lm_head"] (GPTQ: none when its
+// config says lm_head is quantized too).
 struct LinearQuantization {
   bool prequantized = false;
   std::optional<QuantizationConfig> quantize;  // quantize-on-load; nullopt = keep dense
   std::vector<std::string> skip_modules;
 };
-// INVALID_ARGUMENT (ValidateQuantizationConfig) for a bad quantize-on-load request.
+// INVALID_ARGUMENT (ValidateQuantizationConfig) for a bad quantize-on-load request, UNIMPLEMENTED
+// for one that asks for GPTQ.
 absl::StatusOr<LinearQuantization> ResolveLinearQuantization(
     const ModelConfig& config, const std::optional<QuantizationConfig>& requested);
 

@@ -30,9 +30,84 @@ absl::Status ReadDtype(const JsonValue& json, const char* key, ScalarType* out) 
   return absl::OkStatus();
 }
 
+absl::Status ReadInt(const JsonValue& json, const char* key, int64_t* out) {
+  const JsonValue* v = json.Find(key);
+  if (v == nullptr || v->is_null()) return absl::OkStatus();
+  if (!v->is_integer()) return FieldError(key, "must be an integer");
+  *out = v->integer_value();
+  return absl::OkStatus();
+}
+
+absl::Status ReadString(const JsonValue& json, const char* key, std::string* out) {
+  const JsonValue* v = json.Find(key);
+  if (v == nullptr || v->is_null()) return absl::OkStatus();
+  if (!v->is_string()) return FieldError(key, "must be a string");
+  *out = v->string_value();
+  return absl::OkStatus();
+}
+
+// transformers' GPTQConfig as optimum / GPTQModel write it into config.json.
+absl::StatusOr<GptqConfig> ParseGptqConfig(const JsonValue& json) {
+  GptqConfig g;
+  const JsonValue* bits = json.Find("bits");
+  if (bits == nullptr || bits->is_null()) return FieldError("bits", "missing (GPTQ needs it)");
+  int64_t bits_value = 0;
+  KBITD_RETURN_IF_ERROR(ReadInt(json, "bits", &bits_value));
+  if (bits_value < 1 || bits_value > 32) {
+    return FieldError("bits", absl::StrCat(bits_value, " is not supported (2, 3, 4 or 8)"));
+  }
+  g.bits = static_cast<int>(bits_value);
+  KBITD_RETURN_IF_ERROR(ReadInt(json, "group_size", &g.group_size));
+  KBITD_RETURN_IF_ERROR(ReadBool(json, "desc_act", &g.desc_act));
+  KBITD_RETURN_IF_ERROR(ReadBool(json, "sym", &g.sym));
+  KBITD_RETURN_IF_ERROR(ReadBool(json, "lm_head", &g.lm_head));
+  // Older GPTQModel versions name it "format".
+  const char* format_key = json.Find("checkpoint_format") != nullptr ? "checkpoint_format"
+                           : json.Find("format") != nullptr          ? "format"
+                                                                     : "checkpoint_format";
+  KBITD_RETURN_IF_ERROR(ReadString(json, format_key, &g.checkpoint_format));
+  std::string pack_dtype = "int32";
+  KBITD_RETURN_IF_ERROR(ReadString(json, "pack_dtype", &pack_dtype));
+  if (pack_dtype != "int32") {
+    return FieldError("pack_dtype",
+                      absl::StrCat("\"", pack_dtype, "\" is not supported (GPTQ words are int32)"));
+  }
+  if (const JsonValue* d = json.Find("dynamic");
+      d != nullptr && !d->is_null() && !(d->is_object() && d->object().empty())) {
+    return absl::UnimplementedError(
+        "quantization_config.dynamic: per-module GPTQ overrides are not supported");
+  }
+  return g;
+}
+
 }  // namespace
 
+quant::GptqParams GptqConfig::Params() const {
+  quant::GptqParams p;
+  p.bits = bits;
+  p.group_size = group_size;
+  p.zero_format =
+      checkpoint_format == "gptq_v2" ? quant::GptqZeroFormat::kV2 : quant::GptqZeroFormat::kV1;
+  return p;
+}
+
 absl::Status ValidateQuantizationConfig(const QuantizationConfig& c) {
+  if (c.gptq.has_value()) {
+    const GptqConfig& g = *c.gptq;
+    if (absl::Status s = quant::ValidateGptqBits(g.bits); !s.ok()) {
+      return FieldError("bits", absl::StrCat(g.bits, " is not supported (2, 3, 4 or 8)"));
+    }
+    if (absl::Status s = quant::ValidateGptqGroupSize(g.group_size); !s.ok()) {
+      return FieldError("group_size", absl::StrCat(g.group_size, " must be positive or -1"));
+    }
+    if (absl::Status s = quant::GptqZeroFormatFromName(g.checkpoint_format).status(); !s.ok()) {
+      return FieldError("checkpoint_format", absl::StrCat("\"", g.checkpoint_format,
+                                                          "\" is not \"gptq\" or \"gptq_v2\""));
+    }
+    if (c.load_in_4bit || c.load_in_8bit) {
+      return FieldError("quant_method", "gptq with load_in_4bit / load_in_8bit");
+    }
+  }
   if (c.load_in_4bit && c.load_in_8bit) {
     return FieldError("load_in_4bit", "load_in_4bit and load_in_8bit are both true");
   }
@@ -65,10 +140,15 @@ absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const JsonValue& json
   QuantizationConfig c;
   if (const JsonValue* m = json.Find("quant_method"); m != nullptr && !m->is_null()) {
     if (!m->is_string()) return FieldError("quant_method", "must be a string");
+    if (m->string_value() == "gptq") {
+      KBITD_ASSIGN_OR_RETURN(c.gptq, ParseGptqConfig(json));
+      KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(c));
+      return c;
+    }
     if (m->string_value() != "bitsandbytes") {
-      return absl::UnimplementedError(absl::StrCat("quantization_config.quant_method \"",
-                                                   m->string_value(),
-                                                   "\" is not supported (only \"bitsandbytes\")"));
+      return absl::UnimplementedError(
+          absl::StrCat("quantization_config.quant_method \"", m->string_value(),
+                       "\" is not supported (\"bitsandbytes\" or \"gptq\")"));
     }
   }
   KBITD_RETURN_IF_ERROR(ReadBool(json, "load_in_4bit", &c.load_in_4bit));
@@ -99,6 +179,17 @@ absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const JsonValue& json
   }
   KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(c));
   return c;
+}
+
+absl::StatusOr<std::optional<quant::GptqParams>> GptqParamsOfHfConfig(const JsonValue& hf_config) {
+  const JsonValue* q = hf_config.Find("quantization_config");
+  if (q == nullptr || q->is_null()) return std::nullopt;
+  const JsonValue* method = q->is_object() ? q->Find("quant_method") : nullptr;
+  if (method == nullptr || !method->is_string() || method->string_value() != "gptq") {
+    return std::nullopt;
+  }
+  KBITD_ASSIGN_OR_RETURN(QuantizationConfig config, ParseQuantizationConfig(*q));
+  return config.gptq->Params();
 }
 
 bool IsModuleSkipped(const std::vector<std::string>& skip_modules, const std::string& name) {

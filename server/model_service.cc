@@ -66,7 +66,10 @@ class DequantizeCall final : public grpc::ServerWriteReactor<v1::DequantizeChunk
         v1::QuantizationStats& stats = *head.mutable_stats();
         stats.set_quant_type(w->is_dense() ? "none"
                                            : std::string(quant::QuantTypeName(*w->quant_type)));
-        stats.set_blocksize(w->is_four_bit() ? static_cast<int32_t>(w->blocksize) : 0);
+        // GPTQ: its group size (-1: one group), the unit its scales cover.
+        stats.set_blocksize(w->is_four_bit() ? static_cast<int32_t>(w->blocksize)
+                            : w->is_gptq()   ? static_cast<int32_t>(w->gptq.group_size)
+                                             : 0);
         stats.set_double_quant(w->nested());
         stats.set_fp16_bytes(2 * w->out_features * w->in_features);
       }

@@ -9,6 +9,7 @@
 #include "quant/quant_state.h"
 #include "runtime/checkpoint/bnb_checkpoint.h"
 #include "runtime/checkpoint/checkpoint.h"
+#include "runtime/quantization_config.h"
 #include "runtime/quantization_config_json.h"
 
 namespace kbitd::runtime {
@@ -27,7 +28,12 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
   KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
   if (layout.modules.empty()) {
     return absl::FailedPreconditionError(
-        absl::StrCat(in_dir, ": no bitsandbytes-quantized tensors found"));
+        absl::StrCat(in_dir, ": no quantized tensors found (bitsandbytes or GPTQ)"));
+  }
+  absl::StatusOr<std::optional<quant::GptqParams>> gptq = GptqParamsOfHfConfig(hf_config);
+  if (!gptq.ok()) {
+    return absl::Status(gptq.status().code(),
+                        absl::StrCat(in_dir, "/config.json: ", gptq.status().message()));
   }
   for (const std::string& name : layout.plain) {
     const SafetensorsTensorInfo& info = **checkpoint->Info(name);
@@ -57,7 +63,9 @@ absl::StatusOr<ConvertSummary> DequantizeCheckpoint(const std::string& in_dir,
   std::vector<uint8_t> buffer;
   for (const Item& item : items) {
     if (item.module != nullptr) {
-      KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(*checkpoint, *item.module));
+      KBITD_ASSIGN_OR_RETURN(
+          quant::QuantState state,
+          ReadQuantState(*checkpoint, *item.module, gptq->has_value() ? &**gptq : nullptr));
       for (const std::string& name : item.module->tensors) {
         summary.bytes_read += (**checkpoint->Info(name)).size_bytes();
       }

@@ -1,6 +1,7 @@
-// Writes a plain (unquantized) checkpoint from one saved by transformers + bitsandbytes or by
-// kbitq: every bitsandbytes module (FindQuantizedModules) is dequantized with quant/ to one
-// "<module>.weight" tensor, other tensors are copied, config.json loses "quantization_config".
+// Writes a plain (unquantized) checkpoint from one saved by transformers + bitsandbytes, by kbitq
+// or by a GPTQ tool: every quantized module (FindQuantizedModules; GPTQ read with config.json's
+// quantization_config) is dequantized with quant/ to one "<module>.weight" tensor, other tensors
+// are copied, config.json loses "quantization_config".
 // One module at a time; the output folder is staged and renamed into place when complete.
 #pragma once
 
@@ -17,7 +18,7 @@ namespace kbitd::runtime {
 struct DequantizeCheckpointOptions {
   // Dtype of every floating-point tensor written (and config.json's dtype). nullopt: each
   // dequantized weight gets its original dtype (the quant state's; float16 for LLM.int8, which
-  // quantizes from fp16) and other tensors keep theirs.
+  // quantizes from fp16, and for GPTQ, whose scales are fp16) and other tensors keep theirs.
   std::optional<ScalarType> dtype;
   ShardedCheckpointWriter::Options output;
   ConvertProgressFn progress;

@@ -1,6 +1,8 @@
 #include "runtime/convert/inspect_checkpoint.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <optional>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +13,7 @@
 #include "common/status_macros.h"
 #include "runtime/checkpoint/bnb_checkpoint.h"
 #include "runtime/checkpoint/checkpoint.h"
+#include "runtime/quantization_config.h"
 
 namespace kbitd::runtime {
 namespace {
@@ -25,6 +28,8 @@ std::string FormatOf(const quant::QuantState& state) {
       return "int8";
     case quant::QuantType::kInt8Blockwise:
       return "int8-blockwise";
+    case quant::QuantType::kGptq:
+      return absl::StrCat("gptq", state.gptq ? state.gptq->params.bits : 0);
   }
   return "?";
 }
@@ -34,11 +39,25 @@ std::string FormatOf(const quant::QuantState& state) {
 absl::StatusOr<CheckpointReport> InspectCheckpoint(const std::string& path) {
   KBITD_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(path));
   KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
+  // GPTQ tensors read with config.json's bits and group size.
+  std::optional<quant::GptqParams> gptq;
+  const std::string config_path = (std::filesystem::path(path) / "config.json").string();
+  std::error_code ec;
+  if (std::filesystem::exists(config_path, ec)) {
+    KBITD_ASSIGN_OR_RETURN(JsonValue hf_config, ReadJsonObjectFile(config_path));
+    absl::StatusOr<std::optional<quant::GptqParams>> params = GptqParamsOfHfConfig(hf_config);
+    if (!params.ok()) {
+      return absl::Status(params.status().code(),
+                          absl::StrCat(config_path, ": ", params.status().message()));
+    }
+    gptq = *params;
+  }
   CheckpointReport report;
   report.path = path;
   std::set<std::string> formats;
   for (const QuantizedModule& module : layout.modules) {
-    KBITD_ASSIGN_OR_RETURN(quant::QuantState state, ReadQuantState(*checkpoint, module));
+    KBITD_ASSIGN_OR_RETURN(quant::QuantState state,
+                           ReadQuantState(*checkpoint, module, gptq ? &*gptq : nullptr));
     ReportEntry entry;
     entry.name = module.prefix + ".weight";
     entry.format = FormatOf(state);

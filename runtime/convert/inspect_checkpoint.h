@@ -1,6 +1,6 @@
-// Per-tensor storage report of a checkpoint (plain or bitsandbytes-quantized): format, parameter
-// count, bytes and bits per parameter of every weight, and the total saving against storing all
-// parameters in fp16.
+// Per-tensor storage report of a checkpoint (plain, bitsandbytes-quantized or GPTQ, whose bits and
+// group size come from config.json): format, parameter count, bytes and bits per parameter of
+// every weight, and the total saving against storing all parameters in fp16.
 #pragma once
 
 #include <cstdint>
@@ -13,16 +13,17 @@ namespace kbitd::runtime {
 
 struct ReportEntry {
   std::string name;    // a plain tensor's name, or a quantized module's weight "<module>.weight"
-  std::string format;  // "bf16", "f32", ..., "nf4", "nf4+dq", "fp4", "int8"
+  std::string format;  // "bf16", "f32", ..., "nf4", "nf4+dq", "fp4", "int8", "gptq4" (bits)
   std::vector<int64_t> shape;  // logical (unquantized) shape
   int64_t params = 0;
-  uint64_t bytes = 0;  // all tensors stored for it (packed weight, absmax, maps, quant state)
+  uint64_t bytes = 0;  // all tensors stored for it (packed weight, absmax, maps, quant state;
+                       // GPTQ: qweight, qzeros, scales, g_idx)
   double bits_per_param() const { return params ? 8.0 * bytes / params : 0.0; }
 };
 
 struct CheckpointReport {
   std::string path;
-  std::string quantization;  // "none", "nf4", "nf4+dq", "fp4", "int8" (from the tensors found)
+  std::string quantization;  // "none", "nf4", "nf4+dq", "fp4", "int8", "gptq4", ... (tensors found)
   std::vector<ReportEntry> entries;  // sorted by name
   int64_t total_params = 0;
   uint64_t total_bytes = 0;

@@ -11,6 +11,7 @@
 #include "common/status_macros.h"
 #include "quant/blockwise_4bit.h"
 #include "quant/double_quant.h"
+#include "quant/gptq.h"
 #include "quant/int8_rowwise.h"
 #include "runtime/cpu/cpu_checks.h"
 #include "runtime/cpu/cpu_kernels.h"
@@ -74,6 +75,8 @@ absl::Status CpuBackend::Linear(const LinearWeight& w, const Tensor& x, Tensor y
       return FourBitLinear(w, x, y);
     case quant::QuantType::kInt8Rowwise:
       return Int8Linear(w, x, y);
+    case quant::QuantType::kGptq:
+      return GptqLinear(w, x, y);
     case quant::QuantType::kInt8Blockwise:
       break;
   }
@@ -155,6 +158,32 @@ absl::Status CpuBackend::FourBitLinear(const LinearWeight& w, const Tensor& x, T
         cpu::Dequantize4bitRow(packed, s, code, k, bs, row.data());
         for (int64_t t = 0; t < m; ++t) y.row(t)[n] = cpu::Dot(row.data(), x.row(t), k) + bias;
       }
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::GptqLinear(const LinearWeight& w, const Tensor& x, Tensor y) {
+  // The GPTQ tensors stay as stored (the checkpoint's bytes are what memory reports count); each
+  // chunk of output features is dequantized into float32 scratch, exactly (quant/gptq.h), and then
+  // multiplied like DenseLinear's float32 rows: the same operations in the same order, so the
+  // result is bit for bit that of the dequantized float32 weight served dense. The g_idx values
+  // index the scales, so they are checked here, where they are read.
+  const quant::GptqView view = GptqViewOf(w);
+  if (absl::Status s = quant::ValidateGptq(view); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("linear ", w.name, ": ", s.message()));
+  }
+  const int64_t m = x.dim(0), k = w.in_features;
+  const float* bias = w.bias.as<const float>();
+  // At least 16 output features a chunk: a qweight row's 64-byte cache line holds 16 columns.
+  const int64_t grain = std::max<int64_t>(16, RowGrain(k, m));
+  pool_.ParallelFor(w.out_features, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows((end - begin) * k);
+    quant::DequantizeGptqRows(view, begin, end - begin, rows.data());
+    for (int64_t n = begin; n < end; ++n) {
+      const float* row = rows.data() + (n - begin) * k;
+      const float b = bias != nullptr ? bias[n] : 0.0f;
+      for (int64_t t = 0; t < m; ++t) y.row(t)[n] = cpu::Dot(row, x.row(t), k) + b;
     }
   });
   return absl::OkStatus();

@@ -1,7 +1,8 @@
 // Backend on the host CPU: multi-threaded (ThreadPool over output rows / heads), float32
-// activations and KV cache, fused dequantize-and-multiply for bitsandbytes 4-bit weights and
-// LLM.int8 through quant's int8 functions. One per CPU device, owned by the DeviceSet and driven
-// by that device's worker thread; its thread pool is shared by every engine on the device.
+// activations and KV cache, fused dequantize-and-multiply for bitsandbytes 4-bit weights,
+// LLM.int8 through quant's int8 functions, GPTQ weights dequantized a chunk of rows at a time. One
+// per CPU device, owned by the DeviceSet and driven by that device's worker thread; its thread pool
+// is shared by every engine on the device.
 #pragma once
 
 #include <memory>
@@ -46,6 +47,7 @@ class CpuBackend : public Backend {
   absl::Status DenseLinear(const LinearWeight& w, const Tensor& x, Tensor y);
   absl::Status FourBitLinear(const LinearWeight& w, const Tensor& x, Tensor y);
   absl::Status Int8Linear(const LinearWeight& w, const Tensor& x, Tensor y);
+  absl::Status GptqLinear(const LinearWeight& w, const Tensor& x, Tensor y);
 
   Device device_;
   ThreadPool pool_;

@@ -107,6 +107,11 @@ class CudaBackend : public Backend {
     if (!w.is_dense() && *w.quant_type == quant::QuantType::kInt8Rowwise) {
       return Int8Linear(w, x, y);
     }
+    if (w.is_gptq()) {
+      return absl::UnimplementedError(
+          absl::StrCat("Linear ", w.name,
+                       ": GPTQ weights are not served on CUDA yet; load with device_map cpu"));
+    }
     if (std::optional<FourBitLinearWeight> fused = FusedFourBit(w, x, y)) {
       // Up to two passes of 16 rows: reading the weights twice still beats dequantizing them.
       const int64_t rows = x.dim(0), step = kFourBitLinearMaxRows;

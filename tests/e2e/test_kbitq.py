@@ -175,6 +175,41 @@ def test_quantize_int8_round_trip_and_inspect(tmp_path):
     assert (err <= np.abs(w16).max(axis=1, keepdims=True) / 127 * 0.5 + 1e-3).all()
 
 
+def test_gptq_inspect_and_dequantize(tmp_path):
+    """kbitq reads GPTQ checkpoints (tests/data/gptq, tools/golden/make_gptq_fixtures.py):
+    inspect reports the stored bytes, dequantize --dtype fp32 writes the generator's float32 twin
+    exactly, and without --dtype the weights in float16 (one rounding of those values)."""
+    gptq = os.path.join(ROOT, "tests", "data", "gptq")
+    src = os.path.join(gptq, "llama_gptq3")
+    report = json.loads(kbitq("inspect", src, "--json").stdout)
+    assert report["quantization"] == "gptq3"
+    entries = {e["name"]: e for e in report["tensors"]}
+    down = entries["model.layers.0.mlp.down_proj.weight"]
+    # 3-bit, group 40 over 64 inputs (2 groups): qweight 6 x 64, qzeros 2 x 6, scales 2 x 64,
+    # g_idx 64.
+    assert down["format"] == "gptq3" and down["shape"] == [64, 64]
+    assert down["bytes"] == 6 * 64 * 4 + 2 * 6 * 4 + 2 * 64 * 2 + 64 * 4
+    assert not any(name.endswith((".qweight", ".qzeros", ".scales", ".g_idx")) for name in entries)
+    assert report["total_bytes"] == os.path.getsize(os.path.join(src, "model.safetensors")) - \
+        8 - int.from_bytes(open(os.path.join(src, "model.safetensors"), "rb").read(8), "little")
+
+    back = tmp_path / "back"
+    kbitq("dequantize", "--in", src, "--out", back, "--dtype", "fp32")
+    got = read_folder(str(back))
+    want = read_folder(os.path.join(gptq, "llama_gptq3_dequant"))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    with open(back / "config.json") as fh:
+        assert "quantization_config" not in json.load(fh)
+
+    half = tmp_path / "half"
+    kbitq("dequantize", "--in", src, "--out", half)
+    h = read_folder(str(half))
+    assert h["lm_head.weight"].dtype == np.float16
+    np.testing.assert_array_equal(h["lm_head.weight"], want["lm_head.weight"].astype(np.float16))
+
+
 def test_sharded_output_and_options(tmp_path):
     make_checkpoint(str(tmp_path / "in"), dtype=np.float32)
     out = tmp_path / "q"
@@ -241,8 +276,8 @@ def test_bad_inputs_fail_cleanly(tmp_path):
     proc = kbitq(*common, "--type", "nf4", check=False)
     assert proc.returncode == 1 and "already exists" in proc.stderr
     (tmp_path / "out").rmdir()
-    assert "no bitsandbytes-quantized tensors" in bad(tmp_path, "dequantize", "--in", src,
-                                                      "--out", tmp_path / "out")
+    assert "no quantized tensors" in bad(tmp_path, "dequantize", "--in", src,
+                                         "--out", tmp_path / "out")
 
 
 PEAK_PROBE = """

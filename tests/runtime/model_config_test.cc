@@ -1,6 +1,7 @@
 #include "runtime/model_config.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "gtest/gtest.h"
 #include "runtime/llama_forward.h"
@@ -96,8 +97,8 @@ TEST(ModelConfigTest, ClearErrors) {
   expect(negative, absl::StatusCode::kInvalidArgument, "hidden_size");
   expect(R"({"model_type": "llama", "vocab_size": 10})", absl::StatusCode::kInvalidArgument,
          "hidden_size");
-  expect(WithRope(R"("quantization_config": {"quant_method": "gptq"},)"),
-         absl::StatusCode::kUnimplemented, "gptq");
+  expect(WithRope(R"("quantization_config": {"quant_method": "awq"},)"),
+         absl::StatusCode::kUnimplemented, "\"awq\" is not supported");
   expect(WithRope(R"("quantization_config": {"load_in_4bit": true, "load_in_8bit": true},)"),
          absl::StatusCode::kInvalidArgument, "load_in_8bit");
   expect(
@@ -122,6 +123,71 @@ TEST(QuantizationConfigTest, ParsesTransformersFieldsAndSkipMatching) {
   EXPECT_FALSE(IsModuleSkipped(skip, "model.layers.3.mlp.up_proj"));
   EXPECT_TRUE(IsModuleSkipped({"layers.1"}, "model.layers.1.mlp.up_proj"));
   EXPECT_FALSE(IsModuleSkipped({"layers.1"}, "model.layers.11.mlp.up_proj"));
+}
+
+// GPTQConfig as optimum / GPTQModel write it (tests/data/gptq/*/config.json).
+TEST(QuantizationConfigTest, ParsesGptq) {
+  auto c = ParseModelConfig(WithRope(R"("quantization_config": {"quant_method": "gptq",
+    "bits": 3, "group_size": 40, "desc_act": true, "sym": false, "checkpoint_format": "gptq_v2",
+    "lm_head": true, "damp_percent": 0.01, "true_sequential": true, "pack_dtype": "int32",
+    "dynamic": null, "meta": {"quantizer": ["gptqmodel:4.0.0"]}},)"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const QuantizationConfig& q = *c->quantization;
+  ASSERT_TRUE(q.gptq.has_value());
+  EXPECT_TRUE(q.quantized());
+  EXPECT_FALSE(q.load_in_4bit || q.load_in_8bit);
+  EXPECT_EQ(q.gptq->bits, 3);
+  EXPECT_EQ(q.gptq->group_size, 40);
+  EXPECT_TRUE(q.gptq->desc_act);
+  EXPECT_FALSE(q.gptq->sym);
+  EXPECT_TRUE(q.gptq->lm_head);
+  EXPECT_EQ(q.gptq->Params().zero_format, quant::GptqZeroFormat::kV2);
+  EXPECT_EQ(q.gptq->Params().bits, 3);
+  EXPECT_EQ(q.gptq->Params().group_size, 40);
+
+  // Defaults: group 128, v1 zeros ("gptq"), as transformers' GPTQConfig; the older "format" key.
+  auto d = ParseQuantizationConfig(*ParseJson(R"({"quant_method": "gptq", "bits": 4})"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->gptq->group_size, 128);
+  EXPECT_EQ(d->gptq->checkpoint_format, "gptq");
+  EXPECT_EQ(d->gptq->Params().zero_format, quant::GptqZeroFormat::kV1);
+  auto f = ParseQuantizationConfig(
+      *ParseJson(R"({"quant_method": "gptq", "bits": 8, "group_size": -1, "format": "gptq_v2"})"));
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->gptq->Params().zero_format, quant::GptqZeroFormat::kV2);
+  EXPECT_EQ(f->gptq->Params().group_size, -1);
+}
+
+TEST(QuantizationConfigTest, GptqErrorsNameTheField) {
+  const std::tuple<std::string, absl::StatusCode, std::string> cases[] = {
+      {R"("bits": 5)", absl::StatusCode::kInvalidArgument,
+       "quantization_config.bits: 5 is not supported (2, 3, 4 or 8)"},
+      {R"("bits": 1)", absl::StatusCode::kInvalidArgument, "quantization_config.bits: 1"},
+      {R"("group_size": 128)", absl::StatusCode::kInvalidArgument,
+       "quantization_config.bits: missing"},
+      {R"("bits": "4")", absl::StatusCode::kInvalidArgument,
+       "quantization_config.bits: must be an integer"},
+      {R"("bits": 4, "group_size": 0)", absl::StatusCode::kInvalidArgument,
+       "quantization_config.group_size: 0"},
+      {R"("bits": 4, "group_size": -2)", absl::StatusCode::kInvalidArgument,
+       "quantization_config.group_size: -2"},
+      {R"("bits": 4, "checkpoint_format": "marlin")", absl::StatusCode::kInvalidArgument,
+       "quantization_config.checkpoint_format: \"marlin\""},
+      {R"("bits": 4, "desc_act": "yes")", absl::StatusCode::kInvalidArgument,
+       "quantization_config.desc_act"},
+      {R"("bits": 4, "pack_dtype": "int16")", absl::StatusCode::kInvalidArgument,
+       "quantization_config.pack_dtype: \"int16\""},
+      {R"("bits": 4, "dynamic": {"-:.*down_proj": {}})", absl::StatusCode::kUnimplemented,
+       "quantization_config.dynamic"},
+  };
+  for (const auto& [fields, code, message] : cases) {
+    SCOPED_TRACE(fields);
+    auto json = ParseJson(R"({"quant_method": "gptq", )" + fields + "}");
+    ASSERT_TRUE(json.ok()) << json.status();
+    auto c = ParseQuantizationConfig(*json);
+    EXPECT_EQ(c.status().code(), code) << c.status();
+    EXPECT_NE(std::string(c.status().message()).find(message), std::string::npos) << c.status();
+  }
 }
 
 }  // namespace

@@ -215,6 +215,7 @@ void ExpectEstimateMatchesLoad(const std::string& dir, std::optional<Quantizatio
   options.name = "m";
   options.path = dir;
   options.quantization = q;
+  options.require_tokenizer = false;  // the GPTQ fixtures have none
   auto model = LoadModel(options);
   ASSERT_TRUE(model.ok()) << model.status();
   const Model& m = **model;
@@ -293,6 +294,38 @@ TEST(ModuleSizesTest, PrequantizedEqualsTheLoad) {
   ExpectEstimateMatchesLoad(kModels + "/llama/nf4-dq", std::nullopt,
                             98304 + 2 * 19548 + 256 + 98304);
   ExpectEstimateMatchesLoad(kModels + "/llama/int8", std::nullopt, 98304 + 2 * 39424 + 256 + 98304);
+}
+
+// tests/data/gptq (hidden 64, q 64, kv 32, intermediate 64, vocab 32, 1 layer, fp16 embedding):
+// GPTQ linears as stored, qweight in * bits / 32 x out int32, qzeros groups x out * bits / 32
+// int32, scales groups x out fp16, g_idx in int32.
+TEST(ModuleSizesTest, GptqAsStoredEqualsTheLoad) {
+  // 4-bit, group 48 (2 groups over 64 inputs): 64 x 64 linears (q, o, gate, up, down) 2048 + 64 +
+  // 256 + 256 = 2624, k/v 1024 + 32 + 128 + 256 = 1440; layer norms 512; embedding and fp16 head
+  // 4096 each, final norm 256.
+  ExpectEstimateMatchesLoad(std::string(KBITD_TEST_DATA_DIR) + "/gptq/llama_gptq4", std::nullopt,
+                            4096 + 512 + 5 * 2624 + 2 * 1440 + 256 + 4096);
+  // 3-bit, group 40 (2 groups), q/k/v/o biases (fp32), GPTQ head: 64 x 64 linears 1536 + 48 +
+  // 256 + 256 = 2096, k/v 768 + 24 + 128 + 256 = 1176; biases 4 x (64 + 32 + 32 + 64) = 768;
+  // head [32, 64] 1176.
+  ExpectEstimateMatchesLoad(std::string(KBITD_TEST_DATA_DIR) + "/gptq/llama_gptq3", std::nullopt,
+                            4096 + 512 + 5 * 2096 + 2 * 1176 + 768 + 256 + 1176);
+}
+
+TEST(ModuleSizesTest, GptqSkipListAndNoQuantizeOnLoad) {
+  ModelConfig c = TinyConfig();
+  c.quantization.emplace();
+  c.quantization->gptq.emplace();
+  auto stored = ResolveLinearQuantization(c, std::nullopt);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_TRUE(stored->prequantized);
+  EXPECT_EQ(stored->skip_modules, std::vector<std::string>{"lm_head"});
+  c.quantization->gptq->lm_head = true;  // GPTQModel quantized the head too
+  EXPECT_TRUE(ResolveLinearQuantization(c, std::nullopt)->skip_modules.empty());
+  QuantizationConfig request;
+  request.gptq.emplace();
+  EXPECT_EQ(ResolveLinearQuantization(TinyConfig(), request).status().code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

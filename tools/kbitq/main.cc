@@ -1,4 +1,4 @@
-// kbitq: offline bitsandbytes-compatible checkpoint tool.
+// kbitq: offline bitsandbytes-compatible checkpoint tool (inspect and dequantize read GPTQ too).
 //   kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]
 //         [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]
 //         [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]
@@ -36,9 +36,10 @@ namespace {
 
 constexpr char kUsage[] =
     "kbitq: converts Hugging Face checkpoints offline to and from the formats bitsandbytes saves\n"
-    "(NF4/FP4 blockwise 4-bit, optionally double-quantized, and LLM.int8()), inspects them, and\n"
-    "compares the held-out perplexity of each format. The output loads in transformers with\n"
-    "bitsandbytes and in kbitd. Exit status: 0 done, 1 conversion error, 2 usage error.\n"
+    "(NF4/FP4 blockwise 4-bit, optionally double-quantized, and LLM.int8()), inspects and\n"
+    "dequantizes them and GPTQ checkpoints (bits 2/3/4/8), and compares the held-out perplexity\n"
+    "of each format. The output loads in transformers with bitsandbytes and in kbitd.\n"
+    "Exit status: 0 done, 1 conversion error, 2 usage error.\n"
     "\n"
     "usage:\n"
     "  kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]\n"

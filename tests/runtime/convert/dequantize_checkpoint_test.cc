@@ -101,7 +101,7 @@ TEST(DequantizeCheckpointTest, Int8MatchesBitsandbytesVectorwiseDequantExactly) 
 TEST(DequantizeCheckpointTest, RejectsPlainAndCorruptCheckpoints) {
   std::string out = FreshDir("plain");
   auto plain = DequantizeCheckpoint(kData + "/base", out, {});
-  EXPECT_THAT(plain.status().message(), HasSubstr("no bitsandbytes-quantized tensors"));
+  EXPECT_THAT(plain.status().message(), HasSubstr("no quantized tensors"));
   EXPECT_FALSE(fs::exists(out));
 
   // A quant state whose absmax lost an element: the message names the file and the tensor.
@@ -177,6 +177,122 @@ TEST(InspectCheckpointTest, ReportsFormatsBytesAndSaving) {
   auto int8 = InspectCheckpoint(kData + "/bnb_int8");
   EXPECT_EQ(int8->quantization, "int8");
   EXPECT_FALSE(InspectCheckpoint(kData + "/missing").ok());
+}
+
+const std::string kGptq = std::string(KBITD_TEST_DATA_DIR) + "/gptq";
+
+// Every tensor of `dir`'s model.safetensors equals the same-named tensor of `want_dir`'s, and
+// they hold the same names.
+void ExpectSameTensors(const std::string& dir, const std::string& want_dir) {
+  auto got = Checkpoint::Open(dir);
+  auto want = Checkpoint::Open(want_dir);
+  ASSERT_TRUE(got.ok() && want.ok());
+  EXPECT_EQ((*got)->TensorNames(), (*want)->TensorNames());
+  for (const std::string& name : (*want)->TensorNames()) {
+    auto a = (*got)->Get(name);
+    auto b = (*want)->Get(name);
+    ASSERT_TRUE(a.ok()) << name;
+    EXPECT_EQ(a->dtype, b->dtype) << name;
+    ASSERT_EQ(a->data.size(), b->data.size()) << name;
+    EXPECT_EQ(std::memcmp(a->data.data(), b->data.data(), a->data.size()), 0) << name;
+  }
+}
+
+// A GPTQ checkpoint dequantized to float32 is the generator's float32 twin, tensor for tensor
+// (tools/golden/make_gptq_fixtures.py): GPTQ modules dequantized exactly, the rest cast exactly.
+TEST(DequantizeCheckpointTest, GptqEqualsTheGeneratorsFloat32Twin) {
+  for (const std::string model : {"llama_gptq4", "llama_gptq3"}) {
+    SCOPED_TRACE(model);
+    const std::string out = FreshDir(model);
+    DequantizeCheckpointOptions options;
+    options.dtype = ScalarType::kFloat32;
+    auto summary = DequantizeCheckpoint(kGptq + "/" + model, out, options);
+    ASSERT_TRUE(summary.ok()) << summary.status();
+    EXPECT_EQ(summary->converted, model == "llama_gptq3" ? 8 : 7);
+    ExpectSameTensors(out, kGptq + "/" + model + "_dequant");
+    auto config = ReadJsonObjectFile(out + "/config.json");
+    ASSERT_TRUE(config.ok());
+    EXPECT_EQ(config->Find("quantization_config"), nullptr);
+  }
+  // Without --dtype a GPTQ weight comes out in float16 (its scales' dtype), rounded once.
+  const std::string out = FreshDir("gptq4_fp16");
+  ASSERT_TRUE(DequantizeCheckpoint(kGptq + "/llama_gptq4", out, {}).ok());
+  auto half = Checkpoint::Open(out);
+  auto twin = Checkpoint::Open(kGptq + "/llama_gptq4_dequant");
+  ASSERT_TRUE(half.ok() && twin.ok());
+  auto h = (*half)->Get("model.layers.0.mlp.down_proj.weight");
+  auto f = (*twin)->Get("model.layers.0.mlp.down_proj.weight");
+  ASSERT_TRUE(h.ok() && f.ok());
+  ASSERT_EQ(h->dtype, ScalarType::kFloat16);
+  for (int64_t i = 0; i < f->NumElements(); ++i) {
+    uint16_t got;
+    float want;
+    std::memcpy(&got, h->data.data() + 2 * i, 2);
+    std::memcpy(&want, f->data.data() + 4 * i, 4);
+    ASSERT_EQ(got, FloatToHalf(want)) << i;
+  }
+}
+
+TEST(DequantizeCheckpointTest, GptqErrorsNameTheTensorOrTheConfig) {
+  // GPTQ tensors under a config.json without quantization_config.
+  const std::string dir = FreshDir("gptq_no_config_in");
+  fs::create_directories(dir);
+  fs::copy_file(kGptq + "/llama_gptq4/model.safetensors", dir + "/model.safetensors");
+  fs::copy_file(kGptq + "/llama_gptq4_dequant/config.json", dir + "/config.json");
+  std::string out = FreshDir("gptq_no_config_out");
+  auto no_config = DequantizeCheckpoint(dir, out, {});
+  EXPECT_EQ(no_config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(no_config.status().message(),
+              HasSubstr("has GPTQ tensors (model.layers.0.mlp.down_proj.qweight) but config.json "
+                        "has no quantization_config with quant_method \"gptq\""));
+  EXPECT_FALSE(fs::exists(out));
+  auto report = InspectCheckpoint(dir);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Unsupported bits in the config: the file and the field.
+  const std::string bits = FreshDir("gptq_bits_in");
+  fs::create_directories(bits);
+  fs::copy_file(kGptq + "/llama_gptq4/model.safetensors", bits + "/model.safetensors");
+  std::ifstream in(kGptq + "/llama_gptq4/config.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.replace(text.find("\"bits\": 4"), 9, "\"bits\": 6");
+  std::ofstream(bits + "/config.json") << text;
+  out = FreshDir("gptq_bits_out");
+  auto bad_bits = DequantizeCheckpoint(bits, out, {});
+  EXPECT_EQ(bad_bits.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_bits.status().message(),
+              HasSubstr(bits + "/config.json: quantization_config.bits: 6 is not supported"));
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(InspectCheckpointTest, ReportsGptqModulesAsStored) {
+  auto report = InspectCheckpoint(kGptq + "/llama_gptq4");
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->quantization, "gptq4");
+  const ReportEntry* up = nullptr;
+  const ReportEntry* head = nullptr;
+  for (const ReportEntry& e : report->entries) {
+    if (e.name == "model.layers.0.mlp.up_proj.weight") up = &e;
+    if (e.name == "lm_head.weight") head = &e;
+    EXPECT_EQ(e.name.find(".qzeros"), std::string::npos) << e.name;
+  }
+  ASSERT_NE(up, nullptr);
+  EXPECT_EQ(up->format, "gptq4");
+  EXPECT_EQ(up->shape, (std::vector<int64_t>{64, 64}));
+  EXPECT_EQ(up->params, 4096);
+  // qweight 8 x 64 int32 2048 + qzeros 2 x 8 int32 64 + scales 2 x 64 fp16 256 + g_idx 256.
+  EXPECT_EQ(up->bytes, 2048u + 64 + 256 + 256);
+  EXPECT_NEAR(up->bits_per_param(), 8.0 * 2624 / 4096, 1e-12);
+  ASSERT_NE(head, nullptr);
+  EXPECT_EQ(head->format, "f16");
+  auto checkpoint = Checkpoint::Open(kGptq + "/llama_gptq4");
+  EXPECT_EQ(report->total_bytes, (*checkpoint)->TotalBytes());
+  // Embedding and head 32 x 64 each, 3 norms of 64, linears q/o/gate/up/down 64 x 64, k/v 32 x 64.
+  EXPECT_EQ(report->total_params, 32 * 64 * 2 + 3 * 64 + 5 * 4096 + 2 * 2048);
+  EXPECT_THAT(ReportToJson(*report), HasSubstr("\"format\": \"gptq4\""));
+  auto three = InspectCheckpoint(kGptq + "/llama_gptq3");
+  ASSERT_TRUE(three.ok()) << three.status();
+  EXPECT_EQ(three->quantization, "gptq3");
 }
 
 }  // namespace

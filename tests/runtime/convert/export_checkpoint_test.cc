@@ -127,6 +127,35 @@ TEST_P(ExportCheckpointTest, ReloadsWithDequantizedWeightsAndSameLogits) {
   EXPECT_EQ(want_tokens, got_tokens) << GetParam();
 }
 
+// A loaded GPTQ model exported in float32 is the generator's dequantized twin, tensor for tensor
+// (Model::DequantizeLinear is exact; tests/data/gptq).
+TEST(ExportCheckpointGptqTest, WritesTheDequantizedFloat32Twin) {
+  const std::string gptq = std::string(KBITD_TEST_DATA_DIR) + "/gptq";
+  for (const std::string name : {"llama_gptq4", "llama_gptq3"}) {
+    SCOPED_TRACE(name);
+    LoadOptions options;
+    options.devices = &kbitd::test::TestDevices();
+    options.path = gptq + "/" + name;
+    options.require_tokenizer = false;
+    auto model = LoadModel(options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const std::string out = FreshDir("gptq_" + name);
+    auto summary = ExportCheckpoint(**model, options.path, out, {.dtype = ScalarType::kFloat32});
+    ASSERT_TRUE(summary.ok()) << summary.status();
+    auto got = Checkpoint::Open(out);
+    auto want = Checkpoint::Open(gptq + "/" + name + "_dequant");
+    ASSERT_TRUE(got.ok() && want.ok());
+    EXPECT_EQ((*got)->TensorNames(), (*want)->TensorNames());
+    for (const std::string& tensor : (*want)->TensorNames()) {
+      auto a = (*got)->Get(tensor);
+      auto b = (*want)->Get(tensor);
+      ASSERT_TRUE(a.ok()) << tensor;
+      ASSERT_EQ(a->data.size(), b->data.size()) << tensor;
+      EXPECT_EQ(std::memcmp(a->data.data(), b->data.data(), a->data.size()), 0) << tensor;
+    }
+  }
+}
+
 // 4-bit formats (LLM.int8's outlier decomposition computes differently from its dense export, so
 // its logits are not compared; its weights are, below).
 INSTANTIATE_TEST_SUITE_P(FourBit, ExportCheckpointTest,

@@ -3,6 +3,7 @@
 // without a GPU.
 #include <cmath>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/cuda/cuda_allocator.h"
 #include "runtime/cuda/cuda_devices.h"
@@ -118,6 +119,19 @@ TEST_F(CudaBackendTest, UnloadingReturnsEveryByteToTheGpuPool) {
   }
   EXPECT_EQ(pool->owner_bytes("llama-cuda:0"), 0);
   EXPECT_EQ(pool->used_bytes(), before);
+}
+
+TEST_F(CudaBackendTest, AGptqCheckpointOnTheGpuIsRefusedAtLoadNotAtGenerate) {
+  LoadOptions options;
+  options.devices = devices_.get();
+  options.path = std::string(KBITD_TEST_DATA_DIR) + "/gptq/llama_gptq4";
+  options.name = "gptq-on-gpu";
+  options.placement.device_map = "cuda:0";
+  const int64_t before = (*devices_->Pool(Device::Cuda(0)))->used_bytes();
+  absl::StatusOr<std::shared_ptr<Model>> model = LoadModel(options);
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kUnimplemented) << model.status();
+  EXPECT_THAT(std::string(model.status().message()), ::testing::HasSubstr("device_map \"cpu\""));
+  EXPECT_EQ((*devices_->Pool(Device::Cuda(0)))->used_bytes(), before);
 }
 
 }  // namespace
