@@ -39,6 +39,7 @@ absl::StatusOr<std::shared_ptr<Model>> Load(const std::string& dir, ScalarType c
 std::vector<float> Logits(std::shared_ptr<Model> model) {
   Engine::Options options;
   options.kv_cache_tokens = 64;
+  options.keep_last_logits = true;  // LastLogits is read below
   auto engine = Engine::Create(model, kbitd::test::HostBackend(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return {};
