@@ -10,7 +10,7 @@
 // a warm-up, CUDA events around each replay, the median reported. The bandwidth limit is a read of
 // a 4 GiB buffer with 16-byte loads, timed the same way.
 //
-// usage: gpu_linear_bench [--layers=32] [--reps=20] [--rows=1,4,16] [--variants=W/U/C[/B],...]
+// usage: gpu_linear_bench [--layers=32] [--reps=20] [--rows=1,4,16] [--variants=W/U/C[/B],...|all]
 //   --variants: also time the step with these launch shapes of the fused kernel (warps per block /
 //   chunks in flight / decode-table copies / blocks per SM; runtime/cuda/four_bit_linear.h lists
 //   those compiled).
@@ -391,8 +391,10 @@ int main(int argc, char** argv) {
         ok = ok && absl::SimpleAtoi(r, &m) && m >= 1 && m <= 16;
         rows.push_back(m);
       }
+    } else if (kv.first == "--variants" && kv.second == "all") {
+      variants = kbitd::runtime::cuda::FourBitLinearVariants();
     } else if (kv.first == "--variants") {
-      // warps/unroll/copies,...
+      // warps/unroll/copies[/blocks],...
       for (absl::string_view v : absl::StrSplit(kv.second, ',')) {
         std::vector<std::string> parts = absl::StrSplit(v, '/');
         kbitd::runtime::cuda::FourBitLinearTuning t;

@@ -343,6 +343,13 @@ bool IsPowerOfTwo(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
 }  // namespace
 
+const std::vector<FourBitLinearTuning>& FourBitLinearVariants() {
+  static const std::vector<FourBitLinearTuning> variants = {
+      {8, 4, 32, 1}, {8, 2, 32, 1}, {8, 4, 16, 1}, {8, 4, 32, 3},
+      {8, 2, 32, 3}, {8, 2, 16, 4}, {4, 2, 16, 6}};  // as LaunchTuned dispatches them
+  return variants;
+}
+
 bool FourBitLinearFits(int64_t m, const FourBitLinearWeight& w, ScalarType x_dtype,
                        ScalarType y_dtype) {
   const bool half_dtype = x_dtype == ScalarType::kBFloat16 || x_dtype == ScalarType::kFloat16;

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/dtype.h"
@@ -55,6 +56,8 @@ struct FourBitLinearTuning {
   int table_copies = 32;
   int min_blocks = 1;
 };
+// Every compiled launch shape, the default first (tests run them all).
+const std::vector<FourBitLinearTuning>& FourBitLinearVariants();
 
 // y[m, n] = y_dtype(Σ_k x[m, k] · code[q[n, k]] · absmax(n, k)): codes are rounded to x_dtype and
 // multiplied on tensor cores with fp32 accumulation per 64 codes, each block's partial sum scaled

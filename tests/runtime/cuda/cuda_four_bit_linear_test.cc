@@ -100,45 +100,58 @@ class FourBitLinearTest : public ::testing::Test {
       // One spare row past m: the kernel must not write it.
       const size_t y_element = ScalarTypeSize(p.y_dtype);
       auto d_y = *DeviceBuffer::Allocate((m + 1) * p.n * y_element);
-      ASSERT_TRUE(d_y.Fill(0x7F).ok());
-      ASSERT_TRUE(
-          LaunchFourBitLinear(w, d_x.data(), m, p.dtype, d_y.data(), p.y_dtype, nullptr).ok());
-      ASSERT_TRUE(quant::cuda::SynchronizeStream(nullptr).ok());
-      std::vector<uint8_t> y((m + 1) * p.n * y_element);
-      ASSERT_TRUE(d_y.CopyToHost(y.data(), y.size()).ok());
+      for (const FourBitLinearTuning& tuning : FourBitLinearVariants()) {
+        SCOPED_TRACE(::testing::Message()
+                     << "variant " << tuning.warps << "/" << tuning.unroll << "/"
+                     << tuning.table_copies << "/" << tuning.min_blocks);
+        ASSERT_TRUE(d_y.Fill(0x7F).ok());
+        ASSERT_TRUE(
+            LaunchFourBitLinear(w, d_x.data(), m, p.dtype, d_y.data(), p.y_dtype, nullptr, tuning)
+                .ok());
+        ASSERT_TRUE(quant::cuda::SynchronizeStream(nullptr).ok());
+        std::vector<uint8_t> y((m + 1) * p.n * y_element);
+        ASSERT_TRUE(d_y.CopyToHost(y.data(), y.size()).ok());
+        ExpectMatches(p, packed, code, effective_absmax, x, y, m);
+      }
+    }
+  }
 
-      int bad = 0;
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t o = 0; o < p.n; ++o) {
-          double sum = 0, magnitude = 0;
-          for (int64_t c = 0; c < p.k; c += 64) {
-            double chunk = 0;
-            for (int64_t i = c; i < c + 64; ++i) {
-              const int64_t flat = o * p.k + i;
-              const uint8_t byte = packed[flat / 2];
-              const int q = flat % 2 == 0 ? byte >> 4 : byte & 15;
-              const double term = static_cast<double>(RoundTo(p.dtype, code[q])) *
-                                  LoadAsFloat(x.data(), p.dtype, r * p.k + i);
-              chunk += term;
-              magnitude += std::fabs(term * effective_absmax[flat / p.blocksize]);
-            }
-            sum += chunk * effective_absmax[(o * p.k + c) / p.blocksize];
+  // y (m + 1 rows of y_dtype, the last one poisoned) against the double-precision reference.
+  void ExpectMatches(const Problem& p, const std::vector<uint8_t>& packed,
+                     const std::array<float, 16>& code, const std::vector<float>& effective_absmax,
+                     const std::vector<uint16_t>& x, const std::vector<uint8_t>& y, int64_t m) {
+    const size_t y_element = ScalarTypeSize(p.y_dtype);
+    int bad = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t o = 0; o < p.n; ++o) {
+        double sum = 0, magnitude = 0;
+        for (int64_t c = 0; c < p.k; c += 64) {
+          double chunk = 0;
+          for (int64_t i = c; i < c + 64; ++i) {
+            const int64_t flat = o * p.k + i;
+            const uint8_t byte = packed[flat / 2];
+            const int q = flat % 2 == 0 ? byte >> 4 : byte & 15;
+            const double term = static_cast<double>(RoundTo(p.dtype, code[q])) *
+                                LoadAsFloat(x.data(), p.dtype, r * p.k + i);
+            chunk += term;
+            magnitude += std::fabs(term * effective_absmax[flat / p.blocksize]);
           }
-          const double got = LoadAsFloat(y.data(), p.y_dtype, r * p.n + o);
-          const double rounding = p.y_dtype == ScalarType::kFloat32 ? 0
-                                  : p.y_dtype == ScalarType::kBFloat16
-                                      ? std::fabs(sum) * (1.0 / 256)
-                                      : std::fabs(sum) * (1.0 / 2048);
-          if (std::fabs(got - sum) > 1e-5 * magnitude + rounding + 1e-30 && ++bad <= 5) {
-            ADD_FAILURE() << "y[" << r << ", " << o << "] = " << got << ", want " << sum;
-          }
+          sum += chunk * effective_absmax[(o * p.k + c) / p.blocksize];
+        }
+        const double got = LoadAsFloat(y.data(), p.y_dtype, r * p.n + o);
+        const double rounding = p.y_dtype == ScalarType::kFloat32 ? 0
+                                : p.y_dtype == ScalarType::kBFloat16
+                                    ? std::fabs(sum) * (1.0 / 256)
+                                    : std::fabs(sum) * (1.0 / 2048);
+        if (std::fabs(got - sum) > 1e-5 * magnitude + rounding + 1e-30 && ++bad <= 5) {
+          ADD_FAILURE() << "y[" << r << ", " << o << "] = " << got << ", want " << sum;
         }
       }
-      EXPECT_EQ(bad, 0);
-      std::vector<uint8_t> untouched(p.n * y_element, 0x7F);
-      EXPECT_TRUE(std::equal(untouched.begin(), untouched.end(), y.begin() + m * p.n * y_element))
-          << "the kernel wrote past row m";
     }
+    EXPECT_EQ(bad, 0);
+    std::vector<uint8_t> untouched(p.n * y_element, 0x7F);
+    EXPECT_TRUE(std::equal(untouched.begin(), untouched.end(), y.begin() + m * p.n * y_element))
+        << "the kernel wrote past row m";
   }
 };
 
