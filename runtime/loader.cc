@@ -439,7 +439,21 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
+// Everything LoadModel decides before it reads a weight: the config, tokenizer and checkpoint
+// index, how linears are quantized, the module sizes, the model's own max_memory limits (held
+// for as long as the model is) and the placement plan. PlanLoad stops here.
+struct Prepared {
+  ModelConfig config;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::unique_ptr<Checkpoint> checkpoint;
+  LinearQuantization linears;
+  ModuleSizes sizes;
+  std::vector<std::shared_ptr<void>> memory_limits;
+  PlacementPlan plan;
+  ScalarType compute_dtype = ScalarType::kFloat32;
+};
+
+absl::StatusOr<Prepared> Prepare(const LoadOptions& options) {
   if (options.devices == nullptr) {
     return absl::InvalidArgumentError("LoadModel: no devices to load onto");
   }
@@ -508,6 +522,51 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
                      "placement.max_memory"));
   }
   KBITD_ASSIGN_OR_RETURN(PlacementPlan plan, std::move(planned));
+  if (linears.prequantized && config.quantization->gptq.has_value()) {
+    // Refused here, before any weight is read, rather than at the first generate.
+    for (const PlacementEntry& entry : plan.entries) {
+      if (!entry.device.is_cpu()) {
+        return absl::UnimplementedError(absl::StrCat(
+            options.name, ": GPTQ weights are served on the CPU backend only so far, and the ",
+            "placement puts ", entry.module, " on ", entry.device.ToString(),
+            "; load it with device_map \"cpu\""));
+      }
+    }
+  }
+  // Activations: the request's dtype, else the checkpoint's; 4-bit models compute in
+  // bnb_4bit_compute_dtype, the dtype of their quantized matmuls, as transformers + bnb do.
+  ScalarType compute_dtype = options.compute_dtype.value_or(config.torch_dtype);
+  const QuantizationConfig* qc = linears.quantize       ? &*linears.quantize
+                                 : linears.prequantized ? &*config.quantization
+                                                        : nullptr;
+  if (qc != nullptr && qc->load_in_4bit) compute_dtype = qc->bnb_4bit_compute_dtype;
+  return Prepared{.config = std::move(config),
+                  .tokenizer = std::move(tokenizer),
+                  .checkpoint = std::move(checkpoint),
+                  .linears = std::move(linears),
+                  .sizes = std::move(sizes),
+                  .memory_limits = std::move(memory_limits),
+                  .plan = std::move(plan),
+                  .compute_dtype = compute_dtype};
+}
+
+absl::StatusOr<LoadPlan> PlanLoad(const LoadOptions& options) {
+  KBITD_ASSIGN_OR_RETURN(Prepared prepared, Prepare(options));
+  LoadPlan out;
+  out.architecture = prepared.config.architecture;
+  out.weight_bytes = prepared.sizes.total_bytes();
+  out.compute_dtype = prepared.compute_dtype;
+  out.plan = std::move(prepared.plan);
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
+  KBITD_ASSIGN_OR_RETURN(Prepared prepared, Prepare(options));
+  const std::string& dir = options.path;
+  ModelConfig& config = prepared.config;
+  Checkpoint* checkpoint = prepared.checkpoint.get();
+  const LinearQuantization& linears = prepared.linears;
+  const PlacementPlan& plan = prepared.plan;
   KBITD_LOG(Info) << options.name << " placement: " << FormatPlacementPlan(plan);
   // The engine runs where the layers are; the host is the home of a model placed nowhere else.
   const Device home = plan.DeviceFor("model.layers.0");
@@ -519,15 +578,6 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
   ctx.skip_modules = linears.skip_modules;
   if (ctx.prequantized && config.quantization->gptq.has_value()) {
     ctx.gptq = config.quantization->gptq->Params();
-    // Refused here, before any weight is read, rather than at the first generate.
-    for (const PlacementEntry& entry : plan.entries) {
-      if (!entry.device.is_cpu()) {
-        return absl::UnimplementedError(absl::StrCat(
-            options.name, ": GPTQ weights are served on the CPU backend only so far, and the ",
-            "placement puts ", entry.module, " on ", entry.device.ToString(),
-            "; load it with device_map \"cpu\""));
-      }
-    }
   }
   if (ctx.prequantized) {
     KBITD_ASSIGN_OR_RETURN(QuantizedLayout layout, FindQuantizedModules(*checkpoint));
@@ -536,25 +586,18 @@ absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options) {
       ctx.quantized_modules.emplace(std::move(prefix), std::move(module));
     }
   }
-  // Activations: the request's dtype, else the checkpoint's; 4-bit models compute in
-  // bnb_4bit_compute_dtype, the dtype of their quantized matmuls, as transformers + bnb do.
-  ScalarType compute_dtype = options.compute_dtype.value_or(config.torch_dtype);
-  const QuantizationConfig* qc = ctx.quantize       ? &*ctx.quantize
-                                 : ctx.prequantized ? &*config.quantization
-                                                    : nullptr;
-  if (qc != nullptr && qc->load_in_4bit) compute_dtype = qc->bnb_4bit_compute_dtype;
   ctx.progress.tensors_total = static_cast<int64_t>(checkpoint->TensorNames().size());
   ctx.progress.bytes_total = static_cast<int64_t>(checkpoint->TotalBytes());
 
   Model::Parts parts;
   parts.name = options.name;
   parts.config = config;
-  parts.tokenizer = std::move(tokenizer);
+  parts.tokenizer = std::move(prepared.tokenizer);
   parts.devices = options.devices;
   parts.pool = pool;
-  parts.memory_limits = std::move(memory_limits);
+  parts.memory_limits = std::move(prepared.memory_limits);
   parts.placement = plan;
-  parts.compute_dtype = compute_dtype;
+  parts.compute_dtype = prepared.compute_dtype;
   ModelWeights& w = parts.weights;
   {
     KBITD_RETURN_IF_ERROR(UseDeviceOf(ctx, "model.embed_tokens"));

@@ -57,4 +57,17 @@ struct LoadOptions {
 // types, RESOURCE_EXHAUSTED past max_memory. A failed load frees everything it allocated.
 absl::StatusOr<std::shared_ptr<Model>> LoadModel(const LoadOptions& options);
 
+// What LoadModel would do with `options`, without reading a weight or allocating device memory:
+// the placement plan (each module's device and stored bytes, as LoadModel would follow it), the
+// resident weight bytes and the activation dtype. It fails as LoadModel would before loading
+// (a missing file, a bad config or quantization request, a model that does not fit the budgets,
+// a format the planned device cannot serve), so a client can try a placement first.
+struct LoadPlan {
+  std::string architecture;
+  PlacementPlan plan;
+  int64_t weight_bytes = 0;
+  ScalarType compute_dtype = ScalarType::kFloat32;
+};
+absl::StatusOr<LoadPlan> PlanLoad(const LoadOptions& options);
+
 }  // namespace kbitd::runtime

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -197,6 +198,12 @@ void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
   }
   absl::StatusOr<std::string> path = options_.root.Resolve(request.path());
   if (!path.ok()) return done(path.status());
+  if (request.dry_run()) {
+    // No entry: a plan neither takes the name nor shows in List.
+    return Spawn([this, request, path = *path, done = std::move(done)]() mutable {
+      done(PlanLoad(request, path));
+    });
+  }
   std::shared_ptr<ModelMetrics> metrics;
   {
     absl::MutexLock lock(&mu_);
@@ -222,6 +229,45 @@ void ModelRegistry::Load(const v1::LoadModelRequest& request, LoadDone done) {
          done = std::move(done)]() mutable {
     RunLoad(std::move(request), std::move(path), std::move(metrics), std::move(done));
   });
+}
+
+absl::StatusOr<v1::ModelInfo> ModelRegistry::PlanLoad(const v1::LoadModelRequest& request,
+                                                      const std::string& path) {
+  auto planned = [&]() -> absl::StatusOr<runtime::LoadPlan> {
+    KBITD_ASSIGN_OR_RETURN(runtime::LoadOptions load, ToLoadOptions(request, path));
+    KBITD_RETURN_IF_ERROR(ToEngineOptions(request, options_.engine).status());
+    load.devices = options_.devices;
+    return runtime::PlanLoad(load);
+  }();
+  if (!planned.ok()) {
+    return absl::Status(planned.status().code(),
+                        absl::StrCat("planning model '", request.name(), "' from ", request.path(),
+                                     ": ", planned.status().message()));
+  }
+  v1::ModelInfo info;
+  info.set_name(request.name());
+  info.set_path(request.path());
+  *info.mutable_quantization() = request.quantization();
+  *info.mutable_placement() = request.placement();
+  info.set_architecture(planned->architecture);
+  info.set_weight_bytes(planned->weight_bytes);
+  info.set_dtype(std::string(TorchDtypeName(planned->compute_dtype)));
+  std::map<std::string, int64_t> per_device;
+  for (const runtime::PlacementEntry& entry : planned->plan.entries) {
+    v1::PlacedModule& placed = *info.add_placement_plan();
+    placed.set_module(entry.module);
+    placed.set_device(entry.device.ToString());
+    placed.set_bytes(entry.bytes);
+    placed.set_offloaded(entry.offloaded);
+    // Offloaded modules live on the host (PlacementEntry); count them where they live.
+    per_device[entry.offloaded ? "cpu" : entry.device.ToString()] += entry.bytes;
+  }
+  for (const auto& [device, bytes] : per_device) {
+    v1::DeviceMemory& memory = *info.add_memory();
+    memory.set_device(device);
+    memory.set_weight_bytes(bytes);
+  }
+  return info;
 }
 
 void ModelRegistry::RunLoad(v1::LoadModelRequest request, std::string path,

@@ -111,6 +111,9 @@ class ModelRegistry {
     std::shared_ptr<std::atomic<bool>> cancel_exports = std::make_shared<std::atomic<bool>>(false);
   };
   void SetState(const std::string& name, v1::ModelState state);
+  // LoadModelRequest.dry_run: the plan as a ModelInfo, nothing loaded or registered.
+  absl::StatusOr<v1::ModelInfo> PlanLoad(const v1::LoadModelRequest& request,
+                                         const std::string& path);
   void RunLoad(v1::LoadModelRequest request, std::string path,
                std::shared_ptr<ModelMetrics> metrics, LoadDone done);
   // `abort`: how requests still in flight after `grace` end (Scheduler::AbortAll).

@@ -134,6 +134,43 @@ TEST(LoaderTest, FollowsThePlacementPlanItReturns) {
   EXPECT_FALSE(LoadModel(options).ok());
 }
 
+TEST(LoaderTest, PlanLoadGivesLoadModelsPlanAndAllocatesNothing) {
+  LoadOptions options;
+  options.devices = &kbitd::test::TestDevices();
+  options.name = "planned-only";
+  options.path = kModels + "/llama/fp32";
+  QuantizationConfig nf4;
+  nf4.load_in_4bit = true;
+  nf4.bnb_4bit_quant_type = "nf4";
+  nf4.bnb_4bit_compute_dtype = ScalarType::kBFloat16;
+  options.quantization = nf4;
+  auto pool = *kbitd::test::TestDevices().Pool(Device::Cpu());
+  const int64_t used = pool->used_bytes();
+  absl::StatusOr<LoadPlan> planned = PlanLoad(options);
+  ASSERT_TRUE(planned.ok()) << planned.status();
+  EXPECT_EQ(pool->used_bytes(), used);
+  EXPECT_EQ(planned->compute_dtype, ScalarType::kBFloat16);
+  EXPECT_EQ(planned->architecture, "LlamaForCausalLM");
+
+  auto model = LoadModel(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ(planned->plan.entries.size(), (*model)->placement().entries.size());
+  for (size_t i = 0; i < planned->plan.entries.size(); ++i) {
+    const PlacementEntry& want = (*model)->placement().entries[i];
+    EXPECT_EQ(planned->plan.entries[i].module, want.module);
+    EXPECT_EQ(planned->plan.entries[i].device, want.device);
+    EXPECT_EQ(planned->plan.entries[i].bytes, want.bytes);
+  }
+  EXPECT_EQ(planned->weight_bytes, (*model)->weight_bytes());
+
+  // It fails where LoadModel would, before loading.
+  options.placement.max_memory["cpu"] = 1000;
+  ExpectError(PlanLoad(options).status(), absl::StatusCode::kResourceExhausted, "max_memory");
+  options.placement.max_memory.clear();
+  options.path = kModels + "/no-such-model";
+  EXPECT_EQ(PlanLoad(options).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(LoaderTest, MaxMemoryIsEnforced) {
   LoadOptions options;
   options.devices = &kbitd::test::TestDevices();

@@ -172,6 +172,47 @@ TEST_F(ModelRegistryTest, ATakenNameIsAlreadyExistsAndTakesNoMemory) {
   EXPECT_EQ(info->state(), v1::MODEL_STATE_READY);
 }
 
+TEST_F(ModelRegistryTest, ADryRunPlansWithoutLoadingOrRegistering) {
+  v1::LoadModelRequest request;
+  request.set_name("planned");
+  request.set_path(kLlama);
+  request.set_dry_run(true);
+  request.mutable_quantization()->set_load_in_4bit(true);
+  request.mutable_quantization()->set_bnb_4bit_quant_type("nf4");
+  const int64_t used = pool_->used_bytes();
+  absl::StatusOr<v1::ModelInfo> plan =
+      Await<v1::ModelInfo>([&](auto done) { registry_->Load(request, std::move(done)); });
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->state(), v1::MODEL_STATE_UNSPECIFIED);
+  EXPECT_EQ(plan->architecture(), "LlamaForCausalLM");
+  ASSERT_FALSE(plan->placement_plan().empty());
+  int64_t planned = 0;
+  for (const v1::PlacedModule& m : plan->placement_plan()) planned += m.bytes();
+  ASSERT_EQ(plan->memory_size(), 1);
+  EXPECT_EQ(plan->memory(0).device(), "cpu");
+  EXPECT_EQ(plan->memory(0).weight_bytes(), planned);
+  EXPECT_EQ(plan->weight_bytes(), planned);
+  EXPECT_EQ(pool_->used_bytes(), used);
+  EXPECT_TRUE(ListedNames().empty());
+
+  // The load it planned: the same bytes and modules.
+  request.set_dry_run(false);
+  absl::StatusOr<v1::ModelInfo> loaded =
+      Await<v1::ModelInfo>([&](auto done) { registry_->Load(request, std::move(done)); });
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->weight_bytes(), plan->weight_bytes());
+  ASSERT_EQ(loaded->placement_plan_size(), plan->placement_plan_size());
+  EXPECT_EQ(loaded->placement_plan(0).module(), plan->placement_plan(0).module());
+
+  // A plan that does not fit fails as the load would; a taken name does not matter to a plan.
+  request.set_dry_run(true);
+  (*request.mutable_placement()->mutable_max_memory())["cpu"] = "1000";
+  absl::StatusOr<v1::ModelInfo> too_big =
+      Await<v1::ModelInfo>([&](auto done) { registry_->Load(request, std::move(done)); });
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted) << too_big.status();
+  EXPECT_EQ(ListedNames(), (std::vector<std::string>{"planned:MODEL_STATE_READY"}));
+}
+
 TEST_F(ModelRegistryTest, UnknownModelsAreNotFound) {
   EXPECT_EQ(Unload("nope").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(registry_->Get("nope").status().code(), absl::StatusCode::kNotFound);

@@ -33,6 +33,8 @@ ABSL_FLAG(std::string, model_dtype, "",
 ABSL_FLAG(std::string, device_map, "", "load: auto, cpu, cuda:N");
 ABSL_FLAG(std::vector<std::string>, max_memory, {},
           "load: device=size pairs, e.g. cpu=8GiB,0=20GiB");
+ABSL_FLAG(bool, dry_run, false,
+          "load: plan only (placement, bytes per device, dtype); nothing is loaded");
 ABSL_FLAG(std::string, kv_cache_bytes, "",
           "load: KV cache size, e.g. 2GiB (default: an eighth of the device's free memory, "
           "between one and max_batch_size max-context sequences)");
@@ -123,6 +125,7 @@ grpc::Status Load(const std::shared_ptr<grpc::Channel>& channel, const CallOptio
   }
   request.set_dtype(absl::GetFlag(FLAGS_model_dtype));
   request.set_kv_cache_bytes(absl::GetFlag(FLAGS_kv_cache_bytes));
+  request.set_dry_run(absl::GetFlag(FLAGS_dry_run));
   request.mutable_placement()->set_device_map(absl::GetFlag(FLAGS_device_map));
   for (const std::string& item : absl::GetFlag(FLAGS_max_memory)) {
     std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
