@@ -258,13 +258,35 @@ def test_quantize_gptq_round_to_nearest(tmp_path, bits, sym):
             np.testing.assert_array_equal(deq[name], want, err_msg=name)
 
 
+def test_quantize_gptq_calibrated_act_order(tmp_path):
+    """--calibration runs GPTQ on the tiny float32 Llama; --act-order records desc_act and a g_idx
+    that assigns each group exactly group-size rows, not in row order."""
+    model = os.path.join(ROOT, "tests", "data", "models", "llama", "fp32")
+    with open(os.path.join(ROOT, "models", "default", "heldout.txt")) as fh:
+        (tmp_path / "calib.txt").write_text(fh.read()[:4000])
+    out = tmp_path / "gptq"
+    proc = kbitq("quantize", "--in", model, "--out", out, "--type", "gptq", "--bits", 4,
+                 "--group-size", 32, "--asym", "--calibration", tmp_path / "calib.txt",
+                 "--act-order")
+    assert "calibrating on" in proc.stderr
+    with open(out / "config.json") as fh:
+        qc = json.load(fh)["quantization_config"]
+    assert qc["desc_act"] is True and qc["sym"] is False and qc["bits"] == 4
+    got = read_folder(str(out))
+    g_idx = got["model.layers.0.mlp.down_proj.g_idx"]
+    assert sorted(np.bincount(g_idx)) == [32] * 4
+    assert not np.array_equal(g_idx, np.arange(128) // 32)
+
+
 def test_quantize_gptq_rejects_bad_options(tmp_path):
     src = tmp_path / "src"
     make_checkpoint(str(src))
     for args, message in [(["--bits", 5], "bits 5 is not supported"),
                           (["--group-size", 48], "group size 48 does not divide"),
                           (["--sym", "--asym"], "exclude each other"),
-                          (["--double-quant"], "applies to nf4/fp4/int8 only")]:
+                          (["--double-quant"], "applies to nf4/fp4/int8 only"),
+                          (["--act-order"], "--act-order needs --calibration"),
+                          (["--calibration", tmp_path / "none.txt"], "cannot be read")]:
         proc = kbitq("quantize", "--in", src, "--out", tmp_path / "out", "--type", "gptq", *args,
                      check=False)
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)

@@ -3,7 +3,7 @@
 //         [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]
 //         [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]
 //   kbitq quantize --in DIR --out DIR --type gptq [--bits 2|3|4|8] [--group-size N|-1]
-//         [--sym|--asym] [--max-shard-size BYTES] [--quiet]
+//         [--sym|--asym] [--calibration FILE [--act-order]] [--max-shard-size BYTES] [--quiet]
 //   kbitq inspect DIR [--json]
 //   kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]
 //   kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]
@@ -29,6 +29,7 @@
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "runtime/convert/dequantize_checkpoint.h"
+#include "runtime/convert/gptq_calibration.h"
 #include "runtime/convert/inspect_checkpoint.h"
 #include "runtime/convert/quantize_checkpoint.h"
 #include "runtime/convert/quantize_gptq_checkpoint.h"
@@ -49,8 +50,9 @@ constexpr char kUsage[] =
     "        [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]\n"
     "        [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]\n"
     "  kbitq quantize --in DIR --out DIR --type gptq [--bits 2|3|4|8] [--group-size N|-1]\n"
-    "        [--sym|--asym] [--max-shard-size BYTES] [--quiet]\n"
-    "        (GPTQ layout, round-to-nearest; defaults: 4 bits, group size 128, symmetric)\n"
+    "        [--sym|--asym] [--calibration FILE [--act-order]] [--max-shard-size BYTES] [--quiet]\n"
+    "        (GPTQ layout; the GPTQ algorithm with --calibration text, else round-to-nearest;\n"
+    "        defaults: 4 bits, group size 128, symmetric)\n"
     "  kbitq inspect DIR [--json]\n"
     "  kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]\n"
     "  kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]\n"
@@ -202,6 +204,15 @@ absl::Status QuantizeGptq(const Args& args, const std::string& in, const std::st
   KBITD_RETURN_IF_ERROR(quant::ValidateGptqGroupSize(q.group_size));
   KBITD_ASSIGN_OR_RETURN(options.output.max_shard_bytes,
                          MaxShardSize(args, options.output.max_shard_bytes));
+  q.act_order = args.flags.count("act-order") > 0;
+  std::map<std::string, std::vector<double>> hessians;
+  if (auto it = args.flags.find("calibration"); it != args.flags.end()) {
+    if (!args.flags.count("quiet")) std::fprintf(stderr, "calibrating on %s\n", it->second.c_str());
+    KBITD_ASSIGN_OR_RETURN(hessians, CollectGptqHessians(in, it->second, {}));
+    options.hessians = &hessians;
+  } else if (q.act_order) {
+    return absl::InvalidArgumentError("--act-order needs --calibration (it orders by the inputs)");
+  }
   options.progress = MakeProgress(args.flags.count("quiet") > 0);
   KBITD_ASSIGN_OR_RETURN(ConvertSummary summary, QuantizeGptqCheckpoint(in, out, options));
   PrintSummary("quantized", summary, out);
@@ -213,7 +224,7 @@ absl::Status Quantize(const Args& args) {
   KBITD_ASSIGN_OR_RETURN(std::string out, Required(args, "out"));
   KBITD_ASSIGN_OR_RETURN(std::string type, Required(args, "type"));
   if (type == "gptq") return QuantizeGptq(args, in, out);
-  for (const char* flag : {"bits", "group-size", "sym", "asym"}) {
+  for (const char* flag : {"bits", "group-size", "sym", "asym", "calibration", "act-order"}) {
     if (args.flags.count(flag)) {
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " applies to --type gptq only"));
     }
@@ -343,8 +354,8 @@ int Main(int argc, char** argv) {
   if (command == "quantize") {
     args = Parse(argc, argv,
                  {"in", "out", "type", "blocksize", "compute-dtype", "quant-storage",
-                  "skip-modules", "max-shard-size", "bits", "group-size"},
-                 {"double-quant", "quiet", "sym", "asym"});
+                  "skip-modules", "max-shard-size", "bits", "group-size", "calibration"},
+                 {"double-quant", "quiet", "sym", "asym", "act-order"});
     run = Quantize;
   } else if (command == "dequantize") {
     args = Parse(argc, argv, {"in", "out", "dtype"}, {"quiet"});
