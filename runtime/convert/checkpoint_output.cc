@@ -229,4 +229,14 @@ absl::Status WriteTextFile(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<JsonValue> ReadUnquantizedHfConfig(const std::string& in_dir) {
+  const std::string config_path = (std::filesystem::path(in_dir) / "config.json").string();
+  KBITD_ASSIGN_OR_RETURN(JsonValue hf_config, ReadJsonObjectFile(config_path));
+  if (hf_config.Find("quantization_config") != nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(config_path, ": the checkpoint is already quantized (quantization_config)"));
+  }
+  return hf_config;
+}
+
 }  // namespace kbitd::runtime

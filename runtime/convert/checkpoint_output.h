@@ -114,6 +114,10 @@ void CastElements(const void* data, ScalarType from, size_t count, ScalarType to
 // before; "torch_dtype" when it had neither).
 JsonValue PlainHfConfig(JsonValue config, std::optional<ScalarType> dtype);
 
+// config.json of `in_dir`; FAILED_PRECONDITION (naming the file) when it has a
+// "quantization_config": the quantizers refuse an already quantized input.
+absl::StatusOr<JsonValue> ReadUnquantizedHfConfig(const std::string& in_dir);
+
 // Writes `text` to `path` (created or truncated); errors name the path.
 absl::Status WriteTextFile(const std::string& path, const std::string& text);
 

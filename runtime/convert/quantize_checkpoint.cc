@@ -156,12 +156,7 @@ absl::StatusOr<ConvertSummary> QuantizeCheckpoint(const std::string& in_dir,
   if (config.load_in_4bit) KBITD_RETURN_IF_ERROR(quant::Validate4bitBlocksize(config.blocksize));
   KBITD_ASSIGN_OR_RETURN(auto staged, StagedFolder::Create(out_dir));
   KBITD_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(in_dir));
-  const std::string config_path = (fs::path(in_dir) / "config.json").string();
-  KBITD_ASSIGN_OR_RETURN(JsonValue hf_config, ReadJsonObjectFile(config_path));
-  if (hf_config.Find("quantization_config") != nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(config_path, ": the checkpoint is already quantized (quantization_config)"));
-  }
+  KBITD_ASSIGN_OR_RETURN(JsonValue hf_config, ReadUnquantizedHfConfig(in_dir));
 
   // Plan and validate everything before writing a byte.
   const std::vector<std::string> skip =

@@ -210,6 +210,89 @@ def test_gptq_inspect_and_dequantize(tmp_path):
     np.testing.assert_array_equal(h["lm_head.weight"], want["lm_head.weight"].astype(np.float16))
 
 
+def rtn_reference(weight, bits, group_size, sym):
+    """GPTQ round-to-nearest of weight [out, in] as kbitq documents it, dequantized in float32:
+    per (group, output row) range including 0, fp16 scale, zero against that scale."""
+    maxq = 2 ** bits - 1
+    w = weight.astype(np.float64).reshape(weight.shape[0], -1, group_size)  # [out, groups, g]
+    lo, hi = np.minimum(w.min(axis=2), 0), np.maximum(w.max(axis=2), 0)
+    if sym:
+        hi = np.maximum(-lo, hi)
+        lo = -hi
+    span = np.where(hi - lo == 0, 1.0, hi - lo)
+    scale = (span / maxq).astype(np.float32).astype(np.float16).astype(np.float64)
+    zero = np.full(scale.shape, (maxq + 1) // 2) if sym else np.clip(np.round(-lo / scale), 0, maxq)
+    q = np.clip(np.round(w / scale[..., None] + zero[..., None]), 0, maxq)
+    deq = scale[..., None].astype(np.float32) * (q - zero[..., None]).astype(np.float32)
+    return deq.reshape(weight.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits,sym", [(4, False), (3, True), (2, False), (8, True)])
+def test_quantize_gptq_round_to_nearest(tmp_path, bits, sym):
+    """--type gptq writes GPTQModel's tensors and config; dequantized, the weights equal a NumPy
+    round-to-nearest reference exactly."""
+    src = tmp_path / "src"
+    tensors = make_checkpoint(str(src))
+    out = tmp_path / "gptq"
+    kbitq("quantize", "--in", src, "--out", out, "--type", "gptq", "--bits", bits,
+          "--group-size", 32, "--sym" if sym else "--asym", "--quiet")
+    with open(out / "config.json") as fh:
+        qc = json.load(fh)["quantization_config"]
+    assert qc["quant_method"] == "gptq" and qc["checkpoint_format"] == "gptq"
+    assert (qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) == (bits, 32, sym, False)
+    assert os.path.exists(out / "tokenizer.json")
+    got = read_folder(str(out))
+    down = "model.layers.1.mlp.down_proj"  # in 128, out 64
+    assert got[down + ".qweight"].dtype == np.int32
+    assert got[down + ".qweight"].shape == (128 * bits // 32, 64)
+    assert got[down + ".qzeros"].shape == (4, 64 * bits // 32)
+    assert got[down + ".scales"].dtype == np.float16 and got[down + ".scales"].shape == (4, 64)
+    np.testing.assert_array_equal(got[down + ".g_idx"], np.arange(128) // 32)
+    assert got["lm_head.weight"].dtype == np.float16  # copied, as GPTQModel leaves lm_head
+    back = tmp_path / "back"
+    kbitq("dequantize", "--in", out, "--out", back, "--dtype", "fp32")
+    deq = read_folder(str(back))
+    for name, weight in tensors.items():
+        if name.endswith("_proj.weight"):
+            want = rtn_reference(weight.astype(np.float32), bits, 32, sym)
+            np.testing.assert_array_equal(deq[name], want, err_msg=name)
+
+
+def test_quantize_gptq_calibrated_act_order(tmp_path):
+    """--calibration runs GPTQ on the tiny float32 Llama; --act-order records desc_act and a g_idx
+    that assigns each group exactly group-size rows, not in row order."""
+    model = os.path.join(ROOT, "tests", "data", "models", "llama", "fp32")
+    with open(os.path.join(ROOT, "models", "default", "heldout.txt")) as fh:
+        (tmp_path / "calib.txt").write_text(fh.read()[:4000])
+    out = tmp_path / "gptq"
+    proc = kbitq("quantize", "--in", model, "--out", out, "--type", "gptq", "--bits", 4,
+                 "--group-size", 32, "--asym", "--calibration", tmp_path / "calib.txt",
+                 "--act-order")
+    assert "calibrating on" in proc.stderr
+    with open(out / "config.json") as fh:
+        qc = json.load(fh)["quantization_config"]
+    assert qc["desc_act"] is True and qc["sym"] is False and qc["bits"] == 4
+    got = read_folder(str(out))
+    g_idx = got["model.layers.0.mlp.down_proj.g_idx"]
+    assert sorted(np.bincount(g_idx)) == [32] * 4
+    assert not np.array_equal(g_idx, np.arange(128) // 32)
+
+
+def test_quantize_gptq_rejects_bad_options(tmp_path):
+    src = tmp_path / "src"
+    make_checkpoint(str(src))
+    for args, message in [(["--bits", 5], "bits 5 is not supported"),
+                          (["--group-size", 48], "group size 48 does not divide"),
+                          (["--sym", "--asym"], "exclude each other"),
+                          (["--double-quant"], "applies to nf4/fp4/int8 only"),
+                          (["--act-order"], "--act-order needs --calibration"),
+                          (["--calibration", tmp_path / "none.txt"], "cannot be read")]:
+        proc = kbitq("quantize", "--in", src, "--out", tmp_path / "out", "--type", "gptq", *args,
+                     check=False)
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
+        assert not os.path.exists(tmp_path / "out")
+
+
 def test_sharded_output_and_options(tmp_path):
     make_checkpoint(str(tmp_path / "in"), dtype=np.float32)
     out = tmp_path / "q"

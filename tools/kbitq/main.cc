@@ -2,6 +2,8 @@
 //   kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]
 //         [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]
 //         [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]
+//   kbitq quantize --in DIR --out DIR --type gptq [--bits 2|3|4|8] [--group-size N|-1]
+//         [--sym|--asym] [--calibration FILE [--act-order]] [--max-shard-size BYTES] [--quiet]
 //   kbitq inspect DIR [--json]
 //   kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]
 //   kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]
@@ -27,8 +29,10 @@
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "runtime/convert/dequantize_checkpoint.h"
+#include "runtime/convert/gptq_calibration.h"
 #include "runtime/convert/inspect_checkpoint.h"
 #include "runtime/convert/quantize_checkpoint.h"
+#include "runtime/convert/quantize_gptq_checkpoint.h"
 #include "tools/kbitq/eval.h"
 
 namespace kbitd::runtime {
@@ -45,6 +49,10 @@ constexpr char kUsage[] =
     "  kbitq quantize --in DIR --out DIR --type nf4|fp4|int8 [--double-quant] [--blocksize N]\n"
     "        [--compute-dtype bf16|fp16|fp32] [--quant-storage uint8|bf16|fp16|fp32]\n"
     "        [--skip-modules lm_head,...] [--max-shard-size BYTES] [--quiet]\n"
+    "  kbitq quantize --in DIR --out DIR --type gptq [--bits 2|3|4|8] [--group-size N|-1]\n"
+    "        [--sym|--asym] [--calibration FILE [--act-order]] [--max-shard-size BYTES] [--quiet]\n"
+    "        (GPTQ layout; the GPTQ algorithm with --calibration text, else round-to-nearest;\n"
+    "        defaults: 4 bits, group size 128, symmetric)\n"
     "  kbitq inspect DIR [--json]\n"
     "  kbitq dequantize --in DIR --out DIR [--dtype bf16|fp16|fp32] [--quiet]\n"
     "  kbitq eval --model DIR --text FILE[,FILE...] [--type none,nf4,nf4-dq,fp4,fp4-dq,int8]\n"
@@ -53,6 +61,7 @@ constexpr char kUsage[] =
     "\n"
     "examples:\n"
     "  kbitq quantize --in models/default --out /tmp/default-nf4 --type nf4 --double-quant\n"
+    "  kbitq quantize --in models/default --out /tmp/default-gptq4 --type gptq --bits 4\n"
     "  kbitq inspect /tmp/default-nf4\n"
     "  kbitq eval --model models/default --text models/default/heldout.txt --type none,nf4,int8\n"
     "\n"
@@ -154,10 +163,72 @@ void PrintSummary(const char* verb, const ConvertSummary& s, const std::string& 
                s.bytes_read / 1048576.0, s.bytes_written / 1048576.0, s.shards, out.c_str());
 }
 
+absl::StatusOr<uint64_t> MaxShardSize(const Args& args, uint64_t fallback) {
+  auto it = args.flags.find("max-shard-size");
+  if (it == args.flags.end()) return fallback;
+  uint64_t bytes = 0;
+  if (!absl::SimpleAtoi(it->second, &bytes) || bytes == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-shard-size: \"", it->second, "\" is not a positive byte count"));
+  }
+  return bytes;
+}
+
+// --type gptq: its own flags; the bitsandbytes ones are refused rather than ignored.
+absl::Status QuantizeGptq(const Args& args, const std::string& in, const std::string& out) {
+  for (const char* flag :
+       {"double-quant", "blocksize", "quant-storage", "compute-dtype", "skip-modules"}) {
+    if (args.flags.count(flag)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " applies to nf4/fp4/int8 only"));
+    }
+  }
+  if (args.flags.count("sym") && args.flags.count("asym")) {
+    return absl::InvalidArgumentError("--sym and --asym exclude each other");
+  }
+  QuantizeGptqCheckpointOptions options;
+  quant::GptqQuantizeOptions& q = options.quant;
+  q.sym = args.flags.count("asym") == 0;
+  if (auto it = args.flags.find("bits"); it != args.flags.end()) {
+    if (!absl::SimpleAtoi(it->second, &q.bits)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--bits: \"", it->second, "\" is not a number"));
+    }
+  }
+  KBITD_RETURN_IF_ERROR(quant::ValidateGptqBits(q.bits));
+  if (auto it = args.flags.find("group-size"); it != args.flags.end()) {
+    if (!absl::SimpleAtoi(it->second, &q.group_size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--group-size: \"", it->second, "\" is not a number"));
+    }
+  }
+  KBITD_RETURN_IF_ERROR(quant::ValidateGptqGroupSize(q.group_size));
+  KBITD_ASSIGN_OR_RETURN(options.output.max_shard_bytes,
+                         MaxShardSize(args, options.output.max_shard_bytes));
+  q.act_order = args.flags.count("act-order") > 0;
+  std::map<std::string, std::vector<double>> hessians;
+  if (auto it = args.flags.find("calibration"); it != args.flags.end()) {
+    if (!args.flags.count("quiet")) std::fprintf(stderr, "calibrating on %s\n", it->second.c_str());
+    KBITD_ASSIGN_OR_RETURN(hessians, CollectGptqHessians(in, it->second, {}));
+    options.hessians = &hessians;
+  } else if (q.act_order) {
+    return absl::InvalidArgumentError("--act-order needs --calibration (it orders by the inputs)");
+  }
+  options.progress = MakeProgress(args.flags.count("quiet") > 0);
+  KBITD_ASSIGN_OR_RETURN(ConvertSummary summary, QuantizeGptqCheckpoint(in, out, options));
+  PrintSummary("quantized", summary, out);
+  return absl::OkStatus();
+}
+
 absl::Status Quantize(const Args& args) {
   KBITD_ASSIGN_OR_RETURN(std::string in, Required(args, "in"));
   KBITD_ASSIGN_OR_RETURN(std::string out, Required(args, "out"));
   KBITD_ASSIGN_OR_RETURN(std::string type, Required(args, "type"));
+  if (type == "gptq") return QuantizeGptq(args, in, out);
+  for (const char* flag : {"bits", "group-size", "sym", "asym", "calibration", "act-order"}) {
+    if (args.flags.count(flag)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " applies to --type gptq only"));
+    }
+  }
   QuantizeCheckpointOptions options;
   QuantizationConfig& c = options.config;
   if (type == "int8") {
@@ -172,7 +243,7 @@ absl::Status Quantize(const Args& args) {
     c.bnb_4bit_quant_type = type;
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("--type: unknown type \"", type, "\" (nf4, fp4 or int8)"));
+        absl::StrCat("--type: unknown type \"", type, "\" (nf4, fp4, int8 or gptq)"));
   }
   c.bnb_4bit_use_double_quant = args.flags.count("double-quant") > 0;
   if (auto it = args.flags.find("blocksize"); it != args.flags.end()) {
@@ -191,13 +262,8 @@ absl::Status Quantize(const Args& args) {
     std::vector<std::string> names = absl::StrSplit(it->second, ',', absl::SkipWhitespace());
     c.llm_int8_skip_modules = names;
   }
-  if (auto it = args.flags.find("max-shard-size"); it != args.flags.end()) {
-    if (!absl::SimpleAtoi(it->second, &options.output.max_shard_bytes) ||
-        options.output.max_shard_bytes == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--max-shard-size: \"", it->second, "\" is not a positive byte count"));
-    }
-  }
+  KBITD_ASSIGN_OR_RETURN(options.output.max_shard_bytes,
+                         MaxShardSize(args, options.output.max_shard_bytes));
   KBITD_RETURN_IF_ERROR(ValidateQuantizationConfig(c));
   options.progress = MakeProgress(args.flags.count("quiet") > 0);
   KBITD_ASSIGN_OR_RETURN(ConvertSummary summary, QuantizeCheckpoint(in, out, options));
@@ -288,8 +354,8 @@ int Main(int argc, char** argv) {
   if (command == "quantize") {
     args = Parse(argc, argv,
                  {"in", "out", "type", "blocksize", "compute-dtype", "quant-storage",
-                  "skip-modules", "max-shard-size"},
-                 {"double-quant", "quiet"});
+                  "skip-modules", "max-shard-size", "bits", "group-size", "calibration"},
+                 {"double-quant", "quiet", "sym", "asym", "act-order"});
     run = Quantize;
   } else if (command == "dequantize") {
     args = Parse(argc, argv, {"in", "out", "dtype"}, {"quiet"});
